@@ -1,0 +1,160 @@
+"""The `convlab` command: `convlab SUBCOMMAND [Hydra flags and overrides]`.
+
+Each subcommand is a @hydra.main function; `main` strips the subcommand from sys.argv and
+calls it, so Hydra's own flags (-m, --cfg job, --info, --help, hydra.run.dir=...) work as
+usual. User errors (ConvlabError) end as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from convlab import __version__
+from convlab.errors import ConfigError, ConvlabError
+
+log = logging.getLogger("convlab")
+CONF = "pkg://convlab.conf"
+GROUPS = ("model", "data", "optim", "sched", "task", "experiment")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn ConvlabError into one logged line and exit code 2; Ctrl-C into a resume hint."""
+    try:
+        yield
+    except ConvlabError as e:
+        log.error("%s", e)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        out = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "RUN_DIR"
+        log.error("interrupted; the last finished epoch is saved: convlab train resume=%s", out)
+        sys.exit(130)
+
+
+@hydra.main(config_path=CONF, config_name="train", version_base="1.3")
+def train_main(cfg: DictConfig) -> float | None:
+    """`convlab train`: one run, or one job of a -m sweep."""
+    from convlab.train import train
+
+    with user_errors():
+        if cfg.get("resume"):
+            changed = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in ("resume", "device")]
+            if changed:
+                raise ConfigError(f"resume= continues a run with its saved config; only device= may change (drop: {' '.join(changed)})")
+        summary = train(cfg)
+    return summary["best"]["value"]
+
+
+@hydra.main(config_path=CONF, config_name="eval", version_base="1.3")
+def eval_main(cfg: DictConfig) -> None:
+    """`convlab eval ckpt=PATH`: print loss, accuracy and per-class accuracy."""
+    from convlab.evaluate import evaluate_checkpoint, format_result
+
+    with user_errors():
+        print(format_result(evaluate_checkpoint(cfg)))
+
+
+COMMANDS = {
+    "train": (train_main, "train a model: convlab train model=resnet18 data=cifar10 epochs=30 [-m for sweeps]"),
+    "eval": (eval_main, "evaluate a checkpoint: convlab eval ckpt=outputs/DATE/TIME [data.split=val]"),
+}
+
+USAGE = "\n".join(
+    [
+        f"convlab {__version__}: config-driven training of convolutional networks",
+        "",
+        "usage: convlab COMMAND [-m] [KEY=VALUE ...] [Hydra flags]",
+        "",
+        "commands:",
+        *(f"  {name:<6} {text}" for name, (_, text) in COMMANDS.items()),
+        "",
+        "convlab COMMAND --help shows the command's config groups and keys.",
+    ]
+)
+
+
+def _group_options(group: str) -> list[str]:
+    folder = resources.files("convlab.conf") / group
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def preflight(config_name: str, args: list[str]) -> None:
+    """Check overrides before Hydra runs: unknown group choices or keys become one ConfigError line.
+
+    Every value of a sweep is checked against the group's configs; the first job's config is
+    composed to catch misspelt keys. Anything this cannot parse is left to Hydra to report.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = get_args_parser().parse_args(args)
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+    except BaseException:  # argparse exits on bad flags; Hydra will say the same
+        return
+    if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.config_dir or parsed.config_name or parsed.shell_completion:
+        return
+    first_job = []
+    for o in overrides:
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        except Exception:  # glob and interval sweeps are expanded by Hydra or a search plugin
+            return
+        if o.key_or_group in GROUPS and not o.package and not o.is_delete():
+            options = _group_options(o.key_or_group)
+            bad = [v for v in values if v not in options]
+            if bad:
+                raise ConfigError(f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; choose one of: {', '.join(options) or '(none)'}")
+        first_job.append(f"{o.get_key_element()}={values[0]}" if o.is_sweep_override() else o.input_line)
+    try:
+        with initialize_config_module("convlab.conf", version_base="1.3"):
+            compose(config_name, overrides=first_job)
+    except Exception as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:2]) if lines else type(e).__name__) from None
+
+
+def _resume_run_dir(args: list[str]) -> list[str]:
+    """`resume=RUN` writes into RUN itself (not a new folder) and keeps RUN's own .hydra config."""
+    from convlab.checkpoint import run_dir_of
+
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if not resume or any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    p = Path(resume)
+    run_dir = p if (p / "checkpoints").is_dir() else run_dir_of(p) if p.is_file() else None
+    return [*args, f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null"] if run_dir else args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `convlab` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"convlab {__version__}")
+        return
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"convlab: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (convlab --help)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        preflight(name, args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if name == "train":
+        args = _resume_run_dir(args)
+    sys.argv = [f"convlab-{name}", *args]
+    COMMANDS[name][0]()

@@ -1,0 +1,87 @@
+"""What every classification dataset module provides: uint8 arrays, splits, and loaders over them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from convlab.data.loader import TensorLoader
+from convlab.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about its data."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    class_names: tuple[str, ...]
+
+
+class ImageDataset(ABC):
+    """Labelled images as uint8 (N, C, H, W) tensors, split into train / val / test.
+
+    Subclasses implement `load()`; `val_fraction` of the training images (picked with the fixed
+    `split_seed`, so every run and `convlab eval` see the same validation set) become `val`.
+    """
+
+    class_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        split: str = "test",
+        augment: dict | None = None,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={val_fraction!r} is not allowed; expected a number in (0, 1)")
+        if split not in ("val", "test"):
+            raise ConfigError(f"data.split={split!r} is not allowed; choose one of: test, val")
+        augment = dict(augment or {})
+        unknown = set(augment) - {"crop_padding", "flip"}
+        if unknown:
+            raise ConfigError(f"data.augment has unknown keys {sorted(unknown)}; allowed: crop_padding, flip")
+        self.val_fraction, self.split_seed, self.split = val_fraction, split_seed, split
+        self.crop_padding = int(augment.get("crop_padding", 0))
+        self.flip = bool(augment.get("flip", False))
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @abstractmethod
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return train images, train labels, test images, test labels (uint8 NCHW, int64)."""
+
+    def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The three splits as (images, labels), loaded on first use."""
+        if self._splits is None:
+            x, y, x_test, y_test = self.load()
+            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+            n_val = max(1, round(len(y) * self.val_fraction))
+            val, train = perm[:n_val], perm[n_val:]
+            self._splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (x_test, y_test)}
+        return self._splits
+
+    @property
+    def info(self) -> DataInfo:
+        """Classes, channels and image size, taken from the loaded data."""
+        x, _ = self.splits()["train"]
+        return DataInfo(len(self.class_names), x.shape[1], x.shape[-1], tuple(self.class_names))
+
+    def loader(self, split: str, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> TensorLoader:
+        """Batches of one split; the train split is shuffled, cropped and flipped, the others are not."""
+        x, y = self.splits()[split]
+        train = split == "train"
+        return TensorLoader(
+            x, y, batch_size, mean=self.mean, std=self.std, shuffle=train, drop_last=train,
+            crop_padding=self.crop_padding if train else 0, flip=self.flip and train,
+            seed=seed, rank=rank, world_size=world_size,
+        )  # fmt: skip

@@ -1,0 +1,9 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+
+class ConvlabError(Exception):
+    """A problem with the user's input (config value, data, device, checkpoint)."""
+
+
+class ConfigError(ConvlabError):
+    """A config value that is missing, of the wrong type or out of range."""

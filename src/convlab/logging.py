@@ -1,0 +1,137 @@
+"""All run output in one place: TensorBoard, metrics.csv, summary.json, figures, progress, log lines.
+
+Only rank 0 writes; on other ranks every method is a no-op, so callers never check ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from convlab.checkpoint import write_atomic
+
+log = logging.getLogger("convlab")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a/b": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _fmt(key: str, v: Any) -> str:
+    if key == "perf/images_per_s":
+        return f"{v:.0f} img/s"
+    if key == "perf/epoch_s":
+        return f"{v:.1f} s"
+    if isinstance(v, float):
+        return f"{key} " + (f"{v:.3e}" if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5) else f"{v:.4f}")
+    return f"{key} {v}"
+
+
+def _json(obj: Any) -> str:
+    """Indented JSON with lists of numbers kept on one line (confusion matrices stay readable)."""
+    text = json.dumps(obj, indent=2, default=str)
+    return re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+class RunLogger:
+    """Writes one run's curves and results into `out_dir`."""
+
+    def __init__(self, out_dir: Path, rank: int = 0, purge_epoch: int | None = None) -> None:
+        self.out_dir, self.enabled = Path(out_dir), rank == 0
+        self.writer = None
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            # purge_step drops events an interrupted run wrote after its last checkpoint.
+            self.writer = SummaryWriter(str(self.out_dir), purge_step=purge_epoch)
+
+    def progress(self, batches: Iterable, total: int, desc: str) -> Iterator:
+        """A tqdm bar on a terminal; plain iteration otherwise (the epoch line says the rest)."""
+        show = self.enabled and sys.stderr.isatty()
+        return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not show)
+
+    def log_epoch(self, epoch: int, epochs: int, row: dict[str, float], history: list[dict[str, float]]) -> None:
+        """Scalars of one epoch to TensorBoard, the whole history to metrics.csv, one line to the log."""
+        if not self.enabled:
+            return
+        for key, value in row.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+        self._write_csv(history)
+        log.info("epoch %d/%d  %s", epoch, epochs, "  ".join(_fmt(k, v) for k, v in row.items() if k != "epoch"))
+
+    def _write_csv(self, history: list[dict[str, float]]) -> None:
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+        write_atomic(self.out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+    def log_final(self, epoch: int, split: str, results: dict[str, Any]) -> None:
+        """End-of-run results of `split`: scalars and figures to TensorBoard, figures also as PNG files."""
+        if not self.enabled:
+            return
+        for name, fig in results.get("figures", {}).items():
+            fig.savefig(self.out_dir / f"{name}.png")
+            self.writer.add_figure(f"{split}/{name}", fig, epoch)
+        for key, value in flatten({k: v for k, v in results.items() if k != "figures"}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{split}/{key}", value, epoch)
+        self.writer.flush()
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Hyperparameters and final metrics for the HPARAMS tab, inside this run's own event file.
+
+        SummaryWriter.add_hparams would open a sub-run; writing the three hparams summaries
+        through this writer keeps them beside the run's scalars.
+        """
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        for summary in hparams_summary(clean, finite):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json: the run's final numbers and status."""
+        if self.enabled:
+            text = _json(summary)
+            write_atomic(self.out_dir / "summary.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Bare messages on the terminal; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Prefix the level name from WARNING up."""
+        msg = super().format(record)
+        return f"{record.levelname.lower()}: {msg}" if record.levelno >= logging.WARNING else msg

@@ -1,0 +1,64 @@
+"""AlexNet (Krizhevsky et al. 2012) cut down for 32×32 inputs so it trains on CIFAR-10 in minutes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from convlab.errors import ConfigError
+from convlab.models.layers import ConvBNAct
+
+
+class AlexNetLite(nn.Module):
+    """Five convolutions, three max-pools, two dropout-regularised hidden FC layers.
+
+    BatchNorm stands in for AlexNet's local response normalisation. For 3×32×32 inputs
+    and 10 classes:
+
+        layer      output      parameters
+        conv 3×3   64×32×32         1,920   (conv 1,792 + BN 128)
+        maxpool    64×16×16
+        conv 3×3  192×16×16       111,168
+        maxpool   192×8×8
+        conv 3×3  384×8×8         664,704   (each conv: weights + bias + BN)
+        conv 3×3  256×8×8         885,504
+        conv 3×3  256×8×8         590,592
+        maxpool   256×4×4
+        dropout, fc 4096 -> 1024  4,195,328
+        dropout, fc 1024 -> 1024  1,049,600
+        fc 1024 -> 10                 10,250
+        total                   7,509,066 parameters
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 32,
+        hidden: int = 1024,
+        dropout: float = 0.5,
+        conv_impl: str = "torch",
+    ) -> None:
+        super().__init__()
+        if image_size % 8:
+            raise ConfigError(f"alexnet_lite needs an image size divisible by 8 (three 2×2 max-pools), got {image_size}")
+        c = (64, 192, 384, 256, 256)
+
+        def conv(cin: int, cout: int) -> nn.Module:
+            return ConvBNAct(cin, cout, 3, padding=1, bias=True, conv_impl=conv_impl)
+
+        self.features = nn.Sequential(
+            conv(in_channels, c[0]), nn.MaxPool2d(2),
+            conv(c[0], c[1]), nn.MaxPool2d(2),
+            conv(c[1], c[2]), conv(c[2], c[3]), conv(c[3], c[4]), nn.MaxPool2d(2),
+        )  # fmt: skip
+        flat = c[4] * (image_size // 8) ** 2
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(flat, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
+        return self.classifier(self.features(x).flatten(1))

@@ -1,0 +1,53 @@
+"""The lab's plain CNN: three unpadded conv-BN-ReLU layers, global average pooling, a linear head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from convlab.errors import ConfigError
+from convlab.models.layers import ConvBNAct, check_positive_ints
+
+
+class PlainCNN(nn.Module):
+    """3×3 convs of 32/64/128 channels (no padding, with bias) + BN + ReLU, GAP, linear.
+
+    For 10 classes: 896+64 + 18,496+128 + 73,856+256 + 1,290 = 94,986 parameters.
+    Shapes for a 32×32 input: 3×32×32 -> 32×30×30 -> 64×28×28 -> 128×26×26 -> 128 -> classes.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 32,
+        channels: Sequence[int] = (32, 64, 128),
+        dilations: Sequence[int] = (1, 1, 1),
+        kernel_size: int = 3,
+        conv_impl: str = "torch",
+    ) -> None:
+        super().__init__()
+        channels = check_positive_ints("model.channels", channels)
+        dilations = check_positive_ints("model.dilations", dilations, len(channels))
+        # Each unpadded layer shrinks the map by dilation*(k-1); refuse configs that shrink it to nothing.
+        out_size = image_size - sum(d * (kernel_size - 1) for d in dilations)
+        if out_size < 1:
+            raise ConfigError(
+                f"model.dilations={list(dilations)} shrink a {image_size}×{image_size} input below one pixel "
+                f"({kernel_size}×{kernel_size} kernels, no padding); use smaller rates"
+            )
+        widths = (in_channels, *channels)
+        self.features = nn.Sequential(
+            *(
+                ConvBNAct(cin, cout, kernel_size, dilation=d, bias=True, conv_impl=conv_impl)
+                for cin, cout, d in zip(widths[:-1], widths[1:], dilations)
+            )
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
+        return self.head(self.pool(self.features(x)).flatten(1))

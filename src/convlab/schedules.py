@@ -1,0 +1,37 @@
+"""Learning-rate schedules, stepped once per optimizer step; built from conf/sched/<name>.yaml."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, StepLR
+
+
+def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
+    """The optimizer's lr throughout."""
+    return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0, min_lr_ratio: float = 0.0) -> LRScheduler:
+    """Linear warm-up for `warmup_epochs`, then cosine decay to `min_lr_ratio` × lr at the last step."""
+    warmup = round(warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, max_lr_factor: float = 1.0, pct_start: float = 0.25, div_factor: float = 25.0, final_div_factor: float = 1e4) -> LRScheduler:
+    """Smith's one-cycle policy peaking at `max_lr_factor` × the optimizer's lr."""
+    max_lr = [g["lr"] * max_lr_factor for g in optimizer.param_groups]
+    return OneCycleLR(optimizer, max_lr, total_steps=total_steps, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
+
+
+def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 30, gamma: float = 0.1) -> LRScheduler:
+    """Multiply the lr by `gamma` every `step_epochs` epochs."""
+    return StepLR(optimizer, step_size=max(1, step_epochs * steps_per_epoch), gamma=gamma)

@@ -1,0 +1,65 @@
+"""The Task interface between a training objective and the one shared trainer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class Task(ABC):
+    """Owns model(s), optimizer(s) and schedule(s); steps on a batch and evaluates a loader.
+
+    Subclasses fill `models`, `optimizers` and `schedulers` (dicts by name), so saving,
+    loading, mode switches and parameter counts work here for every task. `monitor` names
+    the validation metric (and "max"/"min") that picks `best.pt`.
+    """
+
+    monitor: tuple[str, str] = ("loss", "min")
+
+    def __init__(self) -> None:
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, Optimizer] = {}
+        self.schedulers: dict[str, LRScheduler] = {}
+
+    @abstractmethod
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns 0-d tensors (kept on the device) to average over the epoch."""
+
+    @abstractmethod
+    def evaluate(self, loader: Iterable, final: bool = False) -> dict[str, Any]:
+        """Metrics over a whole loader; `final` adds the end-of-run extras (per-class tables, figures)."""
+
+    def train(self, mode: bool = True) -> None:
+        """Put every model in training (or evaluation) mode."""
+        for m in self.models.values():
+            m.train(mode)
+
+    def scalars(self) -> dict[str, float]:
+        """Per-epoch values that are not averages over batches: the learning rate(s)."""
+        if len(self.optimizers) == 1:
+            (opt,) = self.optimizers.values()
+            return {"lr": opt.param_groups[0]["lr"]}
+        return {f"lr/{name}": opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
+
+    def num_parameters(self) -> int:
+        """Trainable parameters over all models."""
+        return sum(p.numel() for m in self.models.values() for p in m.parameters() if p.requires_grad)
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Everything needed to continue training exactly."""
+        return {
+            kind: {name: obj.state_dict() for name, obj in getattr(self, kind).items()}
+            for kind in ("models", "optimizers", "schedulers")
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        """Restore what `state_dict` saved."""
+        for kind in ("models", "optimizers", "schedulers"):
+            for name, obj in getattr(self, kind).items():
+                obj.load_state_dict(state[kind][name])

@@ -1,0 +1,107 @@
+"""`train(cfg)`: build data, task and trainer from a composed config, run, and write the results."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from convlab.checkpoint import CKPT_DIR, load_checkpoint, run_dir_of
+from convlab.config import build, check_config, resolve_device, to_dict
+from convlab.logging import RunLogger, flatten
+from convlab.trainer import Trainer
+
+log = logging.getLogger("convlab")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed the global RNGs (initialisation, dropout); optionally forbid nondeterministic kernels."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as flat hyperparameters for TensorBoard, `_target_`s and paths of the run left out."""
+    flat = flatten({k: v for k, v in cfg.items() if k not in ("out_dir", "resume")})
+    hp = {k.removesuffix("/name"): v for k, v in flat.items() if not k.rsplit("/", 1)[-1].startswith("_")}
+    return {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in hp.items()}
+
+
+def _resume_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """The checkpoint's own config (device and output folder from this run) and its state."""
+    state = load_checkpoint(cfg.resume)
+    saved = OmegaConf.create(state["config"])
+    saved.device, saved.resume = cfg.device, cfg.resume
+    ckpt_run_dir = run_dir_of(Path(cfg.resume) / CKPT_DIR / "last.pt" if Path(cfg.resume).is_dir() else Path(cfg.resume))
+    saved.out_dir = str(ckpt_run_dir or cfg.out_dir)
+    return saved, state
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns the summary also written to summary.json."""
+    state = None
+    if cfg.get("resume"):
+        cfg, state = _resume_config(cfg)
+    check_config(cfg)
+    out_dir = Path(cfg.out_dir)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    config = to_dict(cfg)
+
+    data = build(cfg.data, "data")
+    info = data.info
+    loaders = {split: data.loader(split, cfg.batch_size, seed=cfg.seed) for split in ("train", "val", "test")}
+    steps_per_epoch = len(loaders["train"])
+    task = build(
+        cfg.task, "task",
+        model=config["model"], optim=config["optim"], sched=config["sched"], info=info, device=device,
+        total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    logger = RunLogger(out_dir, purge_epoch=state["epoch"] + 1 if state else None)
+    trainer = Trainer(task, loaders, logger, device, cfg.epochs, out_dir, config, cfg.trainer.log_every, cfg.trainer.eval_every)
+    if state:
+        trainer.restore(state)
+        log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
+    summary: dict[str, Any] = {
+        "status": "running",
+        "model": cfg.model.get("name"),
+        "data": cfg.data.get("name"),
+        "parameters": task.num_parameters(),
+        "device": str(device),
+        "out_dir": str(out_dir),
+    }
+    log.info("%s on %s: %s parameters, %d train / %d val / %d test images, device %s, output %s",
+             summary["model"], summary["data"], f"{summary['parameters']:,}",
+             *(len(loaders[s].labels) for s in ("train", "val", "test")), device, out_dir)  # fmt: skip
+    started = time.perf_counter()
+    try:
+        test = trainer.fit()
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        logger.write_summary(summary | {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch})
+        logger.close()
+        raise
+    final = trainer.history[-1] if trainer.history else {}
+    summary |= {
+        "status": "ok",
+        "epochs": trainer.epoch,
+        "best": trainer.best,
+        "final": final,
+        "test": {k: v for k, v in test.items() if k != "figures"},
+        "images_per_s": final.get("perf/images_per_s"),
+        "wall_time_s": (state["elapsed"] if state else 0.0) + time.perf_counter() - started,
+    }
+    logger.write_summary(summary)
+    scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}
+    logger.log_hparams(hparams_of(config), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
+    logger.close()
+    log.info("test  %s  (best %s %.4f at epoch %s)  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
+             trainer.best["metric"], trainer.best["value"] or float("nan"), trainer.best["epoch"], out_dir)  # fmt: skip
+    return summary

@@ -1,0 +1,36 @@
+"""Shared fixtures: composed configs, the real data folder, and running the CLI as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CIFAR_SUBSET = SHARED_DATA / "cifar10-subset"
+# A small synthetic set keeps in-process runs to a few seconds per epoch on 2 CPU cores.
+SMALL = ["data=synthetic", "data.num_train=600", "data.num_test=200", "batch_size=64"]
+
+
+def make_cfg(out_dir: Path | str, *overrides: str) -> DictConfig:
+    """conf/train.yaml composed with `overrides`, writing into `out_dir`."""
+    with initialize_config_module("convlab.conf", version_base="1.3"):
+        return compose("train", overrides=[f"out_dir={out_dir}", *overrides])
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m convlab ARGS` in a subprocess; stdout and stderr captured as text."""
+    return subprocess.run([sys.executable, "-m", "convlab", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cifar_root() -> Path:
+    """The real CIFAR-10 subset; tests that need it skip (saying why) when it is absent."""
+    if not (CIFAR_SUBSET / "cifar-10-batches-py" / "data_batch_1").is_file():
+        pytest.skip(f"real CIFAR-10 subset not found at {CIFAR_SUBSET} (see ../shared/data/README.md)")
+    return CIFAR_SUBSET

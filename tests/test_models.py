@@ -1,0 +1,107 @@
+"""Every classifier in conf/model/ builds from its YAML, runs forward and backward, and has the documented size."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convlab.config import build
+from convlab.errors import ConfigError
+from convlab.models.alexnet import AlexNetLite
+from convlab.models.hdc import HDCNet, hdc_problems
+from tests.conftest import REPO, make_cfg
+
+CLASSIFIERS = sorted(
+    p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if make_cfg("/tmp", f"model={p.stem}").task._target_.endswith("ClassificationTask")
+)
+
+
+def build_model(name: str, tmp_path: Path, *overrides: str, num_classes: int = 10) -> torch.nn.Module:
+    cfg = make_cfg(tmp_path, f"model={name}", *overrides)
+    return build(cfg.model, "model", num_classes=num_classes, in_channels=3, image_size=32)
+
+
+def test_all_lab_models_are_configured() -> None:
+    assert {"plain_cnn", "hdc", "resnet18", "alexnet_lite"} <= set(CLASSIFIERS)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_forward_backward(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, tmp_path)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    loss = F.cross_entropy(logits, y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_num_classes_comes_from_the_data(name: str, tmp_path: Path) -> None:
+    assert build_model(name, tmp_path, num_classes=7).eval()(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_manual_convolution_gives_the_same_model(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ref = build_model(name, tmp_path).eval()
+    manual = build_model(name, tmp_path, "model.conv_impl=manual").eval()
+    manual.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(manual(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,count", [("plain_cnn", 94_986), ("hdc", 94_986), ("resnet18", 11_173_962)])
+def test_parameter_counts(name: str, count: int, tmp_path: Path) -> None:
+    assert sum(p.numel() for p in build_model(name, tmp_path).parameters()) == count
+
+
+def test_alexnet_docstring_states_its_parameter_count() -> None:
+    documented = int(re.search(r"total\s+([\d,]+) parameters", AlexNetLite.__doc__).group(1).replace(",", ""))
+    assert sum(p.numel() for p in AlexNetLite(10).parameters()) == documented
+
+
+def test_alexnet_rejects_sizes_it_cannot_pool() -> None:
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        AlexNetLite(10, image_size=30)
+
+
+@pytest.mark.parametrize(
+    "rates,problems",
+    [([1, 2, 5], []), ([1, 1, 1], []), ([1, 2, 3], []), ([2, 4, 8], ["M_2 = 4 > kernel size 3", "common factor 2"]), ([2, 2, 2], ["common factor 2"]), ([1, 4, 8], ["M_2 = 4"])],
+)
+def test_hdc_rule(rates: list[int], problems: list[str]) -> None:
+    found = hdc_problems(rates, 3)
+    assert len(found) == len(problems)
+    for text, expected in zip(found, problems):
+        assert expected in text
+
+
+def test_hdc_warns_on_gridding_rates(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        HDCNet(10, dilations=[1, 2, 5])
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        HDCNet(10, dilations=[2, 4, 8])
+    assert "[2, 4, 8]" in caplog.text and "hybrid-dilated-convolution rule" in caplog.text
+
+
+def test_hdc_uses_its_dilations(tmp_path: Path) -> None:
+    model = build_model("hdc", tmp_path)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.dilation[0] for c in convs] == [1, 2, 5]
+
+
+@pytest.mark.parametrize("dilations", [[8, 8, 8], [1, 2]])
+def test_bad_dilations_are_config_errors(dilations: list[int]) -> None:
+    with pytest.raises(ConfigError, match="model.dilations"):
+        HDCNet(10, dilations=dilations)
