@@ -101,7 +101,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ConvlabError, match="not found"):
         train(make_cfg(tmp_path, *SMALL, f"resume={tmp_path / 'nope.pt'}"))
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 this is no zip")
-    with pytest.raises(ConvlabError, match="corrupt or not a convlab checkpoint"):
+    with pytest.raises(ConvlabError, match="junk.pt is not a PyTorch checkpoint file"):
         train(make_cfg(tmp_path, *SMALL, f"resume={tmp_path / 'junk.pt'}"))
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(ConvlabError, match="not a convlab checkpoint"):

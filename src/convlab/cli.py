@@ -27,16 +27,21 @@ GROUPS = ("model", "data", "optim", "sched", "task", "experiment")
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn ConvlabError into one logged line and exit code 2; Ctrl-C into a resume hint."""
+def user_errors(resume_hint: bool = False) -> Iterator[None]:
+    """Turn ConvlabError into one logged line and exit code 2; Ctrl-C into exit code 130 (and a resume hint)."""
     try:
         yield
     except ConvlabError as e:
         log.error("%s", e)
         sys.exit(2)
     except KeyboardInterrupt:
-        out = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "RUN_DIR"
-        log.error("interrupted; the last finished epoch is saved: convlab train resume=%s", out)
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if not resume_hint:
+            log.error("interrupted")
+        elif (out / "checkpoints" / "last.pt").is_file():
+            log.error("interrupted; continue from the last finished epoch with: convlab train resume=%s", out)
+        else:
+            log.error("interrupted before an epoch finished; nothing to resume")
         sys.exit(130)
 
 
@@ -45,7 +50,7 @@ def train_main(cfg: DictConfig) -> float | None:
     """`convlab train`: one run, or one job of a -m sweep."""
     from convlab.train import train
 
-    with user_errors():
+    with user_errors(resume_hint=True):
         if cfg.get("resume"):
             changed = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in ("resume", "device")]
             if changed:

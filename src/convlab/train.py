@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from convlab.checkpoint import CKPT_DIR, load_checkpoint, run_dir_of
+from convlab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from convlab.config import build, check_config, resolve_device, to_dict
 from convlab.logging import RunLogger, flatten
 from convlab.trainer import Trainer
@@ -35,17 +35,18 @@ def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resume_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
-    """The checkpoint's own config (device and output folder from this run) and its state."""
-    state = load_checkpoint(cfg.resume)
+    """The checkpoint's own config and state; the device is this run's, the folder the checkpoint's run."""
+    path = find_checkpoint(cfg.resume)
+    state = load_checkpoint(path)
     saved = OmegaConf.create(state["config"])
     saved.device, saved.resume = cfg.device, cfg.resume
-    ckpt_run_dir = run_dir_of(Path(cfg.resume) / CKPT_DIR / "last.pt" if Path(cfg.resume).is_dir() else Path(cfg.resume))
-    saved.out_dir = str(ckpt_run_dir or cfg.out_dir)
+    saved.out_dir = str(run_dir_of(path) or cfg.out_dir)
     return saved, state
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the summary also written to summary.json."""
+    started = time.perf_counter()
     state = None
     if cfg.get("resume"):
         cfg, state = _resume_config(cfg)
@@ -77,10 +78,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "device": str(device),
         "out_dir": str(out_dir),
     }
+    logger.write_summary(summary)
     log.info("%s on %s: %s parameters, %d train / %d val / %d test images, device %s, output %s",
              summary["model"], summary["data"], f"{summary['parameters']:,}",
              *(len(loaders[s].labels) for s in ("train", "val", "test")), device, out_dir)  # fmt: skip
-    started = time.perf_counter()
     try:
         test = trainer.fit()
     except BaseException as e:
@@ -102,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}
     logger.log_hparams(hparams_of(config), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
     logger.close()
-    log.info("test  %s  (best %s %.4f at epoch %s)  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
-             trainer.best["metric"], trainer.best["value"] or float("nan"), trainer.best["epoch"], out_dir)  # fmt: skip
+    best = trainer.best
+    log.info("test  %s  (best %s %s at epoch %s)  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
+             best["metric"], "n/a" if best["value"] is None else f"{best['value']:.4f}", best["epoch"], out_dir)  # fmt: skip
     return summary
