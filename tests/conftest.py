@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,17 @@ def cifar_root() -> Path:
     if not (CIFAR_SUBSET / "cifar-10-batches-py" / "data_batch_1").is_file():
         pytest.skip(f"real CIFAR-10 subset not found at {CIFAR_SUBSET} (see ../shared/data/README.md)")
     return CIFAR_SUBSET
+
+
+FACES = SHARED_DATA / "anime-faces-subset" / "faces"
+
+
+@pytest.fixture(scope="session")
+def faces_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary folder with the first 256 real anime faces (copied out of ../shared, never into the repo)."""
+    if not (FACES / "0.jpg").is_file():
+        pytest.skip(f"real anime-face subset not found at {FACES} (see ../shared/data/README.md)")
+    folder = tmp_path_factory.mktemp("faces256")
+    for i in range(256):
+        shutil.copy(FACES / f"{i}.jpg", folder / f"{i}.jpg")
+    return folder

@@ -117,7 +117,10 @@ BAD = [
     (["train", "model.conv_impl=cuda", "data=synthetic"], "conv_impl='cuda'", "torch, manual"),
     (["train", "device=tpu", "data=synthetic"], "device='tpu'", "cuda:N"),
     (["train", "data=cifar10", "data.root=/nonexistent", "data.download=false"], "/nonexistent/cifar-10-batches-py", "data=synthetic"),
+    (["train", "model=dcgan", "data=anime_faces", "data.root=/nonexistent"], "/nonexistent", "data.root"),
+    (["train", "model=dcgan", "gan.loss=lsgan", "data=synthetic", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"], "gan.loss='lsgan'", "wgan-gp"),
     (["eval"], "ckpt=PATH", "run directory"),
+    (["sample", "ckpt=/nonexistent"], "/nonexistent", "run directory"),
     (["eval", "ckpt=/nonexistent/last.pt"], "/nonexistent/last.pt", "run directory"),
     (["eval", "ckpt=pyproject.toml"], "pyproject.toml", "not a PyTorch checkpoint"),
 ]
@@ -149,3 +152,8 @@ def test_preview_script_writes_one_row_per_class(tmp_path: Path) -> None:
     proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (2 + 4 * 34, 2 + 10 * 34)  # 32-px images, 2-px padding
+
+
+def test_sample_needs_a_generator(demo_run: Path) -> None:
+    line = one_error_line(run_cli("sample", f"ckpt={demo_run}"))
+    assert "plain_cnn classifier" in line and "model=dcgan" in line

@@ -68,9 +68,20 @@ def eval_main(cfg: DictConfig) -> None:
         print(format_result(evaluate_checkpoint(cfg)))
 
 
+@hydra.main(config_path=CONF, config_name="sample", version_base="1.3")
+def sample_main(cfg: DictConfig) -> None:
+    """`convlab sample ckpt=PATH`: write generated images."""
+    from convlab.evaluate import sample_checkpoint
+
+    with user_errors():
+        files = sample_checkpoint(cfg)
+        log.info("wrote %s", files[0] if len(files) == 1 else f"{len(files)} images to {files[0].parent}")
+
+
 COMMANDS = {
     "train": (train_main, "train a model: convlab train model=resnet18 data=cifar10 epochs=30 [-m for sweeps]"),
     "eval": (eval_main, "evaluate a checkpoint: convlab eval ckpt=outputs/DATE/TIME [data.split=val]"),
+    "sample": (sample_main, "draw from a trained GAN: convlab sample ckpt=RUN n=64 out=grid.png [interpolate=true]"),
 }
 
 USAGE = "\n".join(
@@ -125,8 +136,9 @@ def preflight(config_name: str, args: list[str]) -> None:
         with initialize_config_module("convlab.conf", version_base="1.3"):
             compose(config_name, overrides=first_job)
     except Exception as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise ConfigError(" ".join(lines[:2]) if lines else type(e).__name__) from None
+        text = str(e) or f"{type(e).__name__}: {e.__cause__ or e.__context__}"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:2])) from None
 
 
 def _resume_run_dir(args: list[str]) -> list[str]:

@@ -55,25 +55,28 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def require_int(name: str, value: Any, minimum: int) -> int:
+    """`value` if it is an integer >= `minimum`; otherwise a ConfigError naming `name`."""
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is not allowed; expected an integer >= {minimum}")
+    return value
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def check_config(cfg: DictConfig) -> None:
     """Reject wrongly typed or out-of-range values of the keys users type most."""
-    for key, minimum in (("epochs", 1), ("batch_size", 1)):
-        value = cfg.get(key)
-        if not _is_int(value) or value < minimum:
-            raise ConfigError(f"{key}={value!r} is not allowed; expected an integer >= {minimum}")
+    require_int("epochs", cfg.get("epochs"), 1)
+    require_int("batch_size", cfg.get("batch_size"), 1)
     if not _is_int(cfg.get("seed")):
         raise ConfigError(f"seed={cfg.get('seed')!r} is not allowed; expected an integer")
     device = cfg.get("device")
     if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
         raise ConfigError(f"device={device!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N, mps")
     for key in ("log_every", "eval_every"):
-        value = cfg.trainer.get(key)
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"trainer.{key}={value!r} is not allowed; expected an integer >= 1")
+        require_int(f"trainer.{key}", cfg.trainer.get(key), 1)
     # Optimizer and scheduler arguments are all numbers (or flags, or lists of numbers).
     for group in ("optim", "sched"):
         for key, value in to_dict(cfg[group]).items():

@@ -1,57 +1,59 @@
-"""`evaluate_checkpoint(cfg)`: rebuild a run's model and data from its checkpoint and score a split."""
+"""Rebuild a run from its checkpoint: `convlab eval` scores a data split, `convlab sample` draws images."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from convlab.checkpoint import find_checkpoint, load_checkpoint
-from convlab.config import build, resolve_device
-from convlab.errors import ConfigError
+from convlab.config import build, require_int, resolve_device
+from convlab.data.base import DataInfo
+from convlab.errors import ConfigError, ConvlabError
+from convlab.tasks.base import Task, numbers_only
 from convlab.trainer import batches_on
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate `cfg.ckpt` on `cfg.data.split`; returns the task's final evaluation."""
+def load_task(cfg: DictConfig, device: torch.device) -> tuple[Task, DictConfig, dict[str, Any], Path]:
+    """The task of checkpoint `cfg.ckpt` with its trained weights on `device`; also its config, state and path."""
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("ckpt=PATH is required: a .pt file or a run directory")
     path = find_checkpoint(cfg.ckpt)
     state = load_checkpoint(path)
     saved = OmegaConf.create(state["config"])
+    info = DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
+    parts = {k: OmegaConf.to_container(saved[k]) for k in ("model", "optim", "sched")}
+    task = build(saved.task, "task", **parts, info=info, device=device, total_steps=1, steps_per_epoch=1)
+    task.load_state_dict(state["task"])
+    return task, saved, state, path
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.ckpt` on `cfg.data.split`; returns the task's final evaluation (numbers only)."""
+    device = resolve_device(cfg.device)
+    task, saved, state, path = load_task(cfg, device)
     saved.data.split = cfg.data.split
     if cfg.data.root is not None:
         saved.data.root = cfg.data.root
-    device = resolve_device(cfg.device)
     data = build(saved.data, "data")
-    task = build(
-        saved.task, "task",
-        model=OmegaConf.to_container(saved.model), optim=OmegaConf.to_container(saved.optim),
-        sched=OmegaConf.to_container(saved.sched), info=data.info, device=device, total_steps=1, steps_per_epoch=1,
-    )  # fmt: skip
-    for name, model in task.models.items():
-        model.load_state_dict(state["task"]["models"][name])
-    loader = data.loader(saved.data.split, cfg.batch_size)
-    result = task.evaluate(batches_on(loader, device), final=True)
-    result.pop("figures", None)
-    return result | {
-        "checkpoint": str(path),
-        "epoch": state["epoch"],
-        "model": saved.model.get("name"),
-        "data": saved.data.get("name"),
-        "split": saved.data.split,
-        "images": len(loader.labels),
-    }
+    loaders = {split: data.loader(split, cfg.batch_size) for split in ("train", "val", "test")}
+    task.attach(loaders)
+    result = task.evaluate(batches_on(loaders[saved.data.split], device), final=True)
+    meta = {"checkpoint": str(path), "epoch": state["epoch"], "model": saved.model.get("name"), "data": saved.data.get("name")}
+    return numbers_only(result) | meta | {"split": saved.data.split, "images": len(loaders[saved.data.split].labels)}
 
 
 def format_result(r: dict[str, Any]) -> str:
-    """The evaluation as a small text report with a per-class table."""
+    """The evaluation as a small text report, with a per-class table for classifiers."""
     lines = [
         f"checkpoint  {r['checkpoint']}  ({r['model']} on {r['data']}, after epoch {r['epoch']})",
         f"split       {r['split']} ({r['images']} images)",
-        f"loss        {r['loss']:.4f}",
-        f"accuracy    {r['acc']:.4f}",
     ]
+    names = {"loss": "loss", "acc": "accuracy"}
+    lines += [f"{names.get(k, k):<11} {v:.4f}" for k, v in r.items() if isinstance(v, float)]
     if "per_class_acc" in r:
         width = max(len(name) for name in r["per_class_acc"])
         lines += ["", f"{'class':<{width}}  accuracy  correct/images"]
@@ -59,3 +61,39 @@ def format_result(r: dict[str, Any]) -> str:
             row = r["confusion"][i]
             lines.append(f"{name:<{width}}  {acc:8.4f}  {row[i]:>7}/{sum(row)}")
     return "\n".join(lines)
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between two latent points for each t in [0, 1]: (T, z_dim)."""
+    omega = torch.arccos((z0 / z0.norm() * z1 / z1.norm()).sum().clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return torch.lerp(z0, z1, t[:, None])
+    return (torch.sin((1 - t) * omega)[:, None] * z0 + torch.sin(t * omega)[:, None] * z1) / torch.sin(omega)
+
+
+def sample_checkpoint(cfg: DictConfig) -> list[Path]:
+    """Write `cfg.n` generated images: one grid, one PNG each (out=DIR/), or an interpolation strip."""
+    from torchvision.utils import save_image
+
+    require_int("n", cfg.n, 1)
+    device = resolve_device(cfg.device)
+    task, saved, _, path = load_task(cfg, device)
+    if not hasattr(task, "generate"):
+        raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} classifier; convlab sample needs a generator (model=dcgan)")
+    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.interpolate:
+        z0, z1 = torch.randn(2, task.z_dim, generator=g)
+        z = slerp(z0, z1, torch.linspace(0, 1, cfg.n))
+    else:
+        z = torch.randn(cfg.n, task.z_dim, generator=g)
+    images = task.generate(z.to(device)).cpu()
+    out = Path(cfg.out)
+    if str(cfg.out).endswith("/") or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        files = [out / f"sample_{i:04d}.png" for i in range(cfg.n)]
+        for image, file in zip(images, files):
+            save_image(image, file)
+        return files
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, out, nrow=cfg.n if cfg.interpolate else math.ceil(math.sqrt(cfg.n)), padding=2)
+    return [out]

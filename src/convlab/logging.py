@@ -19,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from convlab.checkpoint import write_atomic
+from convlab.tasks.base import numbers_only
 
 log = logging.getLogger("convlab")
 
@@ -88,14 +89,31 @@ class RunLogger:
         w.writerows(history)
         write_atomic(self.out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
+    def log_images(self, images: dict[str, Any], step: int, per_epoch: bool) -> None:
+        """Batches (N, C, H, W) in [0, 1] as 8-wide grids: a TensorBoard image and a PNG per name.
+
+        Per-epoch grids go to <name>/epoch_NNN.png, one-off grids to <name>.png.
+        """
+        if not self.enabled:
+            return
+        for name, batch in images.items():
+            path = self.out_dir / name / f"epoch_{step:03d}.png" if per_epoch else self.out_dir / f"{name}.png"
+            self.writer.add_image(name, _save_grid(batch, path), step)
+        self.writer.flush()
+
     def log_final(self, epoch: int, split: str, results: dict[str, Any]) -> None:
-        """End-of-run results of `split`: scalars and figures to TensorBoard, figures also as PNG files."""
+        """End-of-run results of `split`: scalars and figures to TensorBoard; figures and image grids as PNGs.
+
+        The image grids of the final pass repeat the last epoch's in TensorBoard, so they only become files.
+        """
         if not self.enabled:
             return
         for name, fig in results.get("figures", {}).items():
             fig.savefig(self.out_dir / f"{name}.png")
             self.writer.add_figure(f"{split}/{name}", fig, epoch)
-        for key, value in flatten({k: v for k, v in results.items() if k != "figures"}).items():
+        for name, batch in results.get("images", {}).items():
+            _save_grid(batch, self.out_dir / f"{name}.png")
+        for key, value in flatten(numbers_only(results)).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(f"{split}/{key}", value, epoch)
         self.writer.flush()
@@ -126,6 +144,16 @@ class RunLogger:
         """Flush and close the event file."""
         if self.writer is not None:
             self.writer.close()
+
+
+def _save_grid(batch: Any, path: Path) -> Any:
+    """Save a batch in [0, 1] as an 8-wide grid PNG; returns the grid (C, H, W)."""
+    from torchvision.utils import make_grid, save_image
+
+    grid = make_grid(batch.detach().float().cpu(), nrow=8, padding=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    return grid
 
 
 class ConsoleFormatter(logging.Formatter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -14,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from convlab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from convlab.config import build, check_config, resolve_device, to_dict
 from convlab.logging import RunLogger, flatten
+from convlab.perf import keep_freed_memory
+from convlab.tasks.base import numbers_only
 from convlab.trainer import Trainer
 
 log = logging.getLogger("convlab")
@@ -53,6 +56,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     out_dir = Path(cfg.out_dir)
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
     config = to_dict(cfg)
 
@@ -66,7 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
     )  # fmt: skip
     logger = RunLogger(out_dir, purge_epoch=state["epoch"] + 1 if state else None)
-    trainer = Trainer(task, loaders, logger, device, cfg.epochs, out_dir, config, cfg.trainer.log_every, cfg.trainer.eval_every)
+    meta = {"config": config, "data_info": dataclasses.asdict(info)}
+    trainer = Trainer(task, loaders, logger, device, cfg.epochs, out_dir, meta, cfg.trainer.log_every, cfg.trainer.eval_every)
     if state:
         trainer.restore(state)
         log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
@@ -95,7 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.epoch,
         "best": trainer.best,
         "final": final,
-        "test": {k: v for k, v in test.items() if k != "figures"},
+        "test": numbers_only(test),
         "images_per_s": final.get("perf/images_per_s"),
         "wall_time_s": (state["elapsed"] if state else 0.0) + time.perf_counter() - started,
     }
@@ -104,6 +110,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger.log_hparams(hparams_of(config), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
     logger.close()
     best = trainer.best
-    log.info("test  %s  (best %s %s at epoch %s)  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
-             best["metric"], "n/a" if best["value"] is None else f"{best['value']:.4f}", best["epoch"], out_dir)  # fmt: skip
+    best_text = "" if best["value"] is None else f"  (best {best['metric']} {best['value']:.4f} at epoch {best['epoch']})"
+    log.info("test  %s%s  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)), best_text, out_dir)
     return summary

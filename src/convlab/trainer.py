@@ -20,8 +20,18 @@ def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in d.items()}
 
 
+def batches_on(loader: Iterable, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Each batch of `loader`, moved to `device` (a no-op for data that already lives there)."""
+    for batch in loader:
+        yield tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 class Trainer:
-    """Runs `task` for `epochs` over the loaders; evaluates, logs and checkpoints after each epoch."""
+    """Runs `task` for `epochs` over the loaders; evaluates, logs and checkpoints after each epoch.
+
+    `meta` (the config, the data's shape) goes into every checkpoint, so `convlab eval`
+    and `convlab sample` can rebuild the run from the checkpoint alone.
+    """
 
     def __init__(
         self,
@@ -31,17 +41,18 @@ class Trainer:
         device: torch.device,
         epochs: int,
         out_dir: Path,
-        config: dict[str, Any],
+        meta: dict[str, Any],
         log_every: int = 50,
         eval_every: int = 1,
         is_main: bool = True,
     ) -> None:
         self.task, self.loaders, self.logger, self.device = task, loaders, logger, device
         self.epochs, self.log_every, self.eval_every = epochs, log_every, eval_every
-        self.ckpt_dir, self.config, self.is_main = Path(out_dir) / CKPT_DIR, config, is_main
+        self.ckpt_dir, self.meta, self.is_main = Path(out_dir) / CKPT_DIR, meta, is_main
         self.epoch, self.history, self.elapsed = 0, [], 0.0
         metric, mode = task.monitor
         self.best: dict[str, Any] = {"metric": f"val/{metric}", "mode": mode, "value": None, "epoch": None}
+        task.attach(loaders)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, optimizers, schedules, RNGs, history, best, time."""
@@ -52,51 +63,70 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, then evaluate on the test split; returns the final results."""
+        if self.epoch == 0:
+            self._log_real_images()
         for epoch in range(self.epoch + 1, self.epochs + 1):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.task.scalars()}
             train_metrics, perf = self._train_epoch(epoch)
             row |= _prefixed("train", train_metrics)
+            images: dict[str, torch.Tensor] = {}
             if epoch % self.eval_every == 0 or epoch == self.epochs:
-                row |= _prefixed("val", self.task.evaluate(batches_on(self.loaders["val"], self.device)))
+                val = self.task.evaluate(batches_on(self.loaders["val"], self.device))
+                images = val.pop("images", {})
+                row |= _prefixed("val", val)
             row |= perf
             self.elapsed += time.perf_counter() - started
             self.history.append(row)
             self.logger.log_epoch(epoch, self.epochs, row, self.history)
+            self.logger.log_images(images, epoch, per_epoch=True)
             self.epoch = epoch
             self._checkpoint(self._improved(row))
         test = self.task.evaluate(batches_on(self.loaders["test"], self.device), final=True)
         self.logger.log_final(self.epochs, "test", test)
         return test
 
+    def _log_real_images(self) -> None:
+        """A grid of training images as the model sees them, once at the start of a run."""
+        loader = self.loaders["train"]
+        loader.set_epoch(1)
+        x = next(iter(loader))[0][:64]
+        self.logger.log_images({"real": loader.denormalize(x)}, 0, per_epoch=False)
+
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, float]]:
         self.task.train(True)
         loader = self.loaders["train"]
         loader.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}  # per key: a task may report some values on some steps only
+        bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first step with a NaN/Inf, 0 if none
         seen = 0
         start = time.perf_counter()
         bar = self.logger.progress(loader, len(loader), f"epoch {epoch}/{self.epochs}")
         for step, batch in enumerate(batches_on(bar, self.device), 1):
             n = batch[0].shape[0]
-            for key, value in self.task.train_step(batch).items():
+            out = self.task.train_step(batch)
+            for key, value in out.items():
                 sums[key] = sums[key] + value * n if key in sums else value * n
+                counts[key] = counts.get(key, 0) + n
+            finite = torch.stack([v.isfinite() for v in out.values()]).all()
+            bad_step = torch.where(finite | (bad_step > 0), bad_step, step)  # stays on the device: no sync
             seen += n
             # Reading a device value waits for the device: do it once per log interval, not per step.
             if step % self.log_every == 0:
-                means = self._means(sums, seen, epoch, step)
+                means = self._means(sums, counts, bad_step, epoch)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()} | {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
-        means = self._means(sums, seen, epoch, len(loader))
+        means = self._means(sums, counts, bad_step, epoch)
         seconds = time.perf_counter() - start
         return means, {"perf/images_per_s": seen / seconds, "perf/epoch_s": seconds}
 
-    def _means(self, sums: dict[str, torch.Tensor], seen: int, epoch: int, step: int) -> dict[str, float]:
-        means = {k: (v / seen).item() for k, v in sums.items()}
-        bad = {k: v for k, v in means.items() if not math.isfinite(v)}
-        if bad:
+    def _means(self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int) -> dict[str, float]:
+        means = {k: (v / counts[k]).item() for k, v in sums.items()}
+        if bad_step.item():
+            bad = ", ".join(f"train/{k} = {v}" for k, v in means.items() if not math.isfinite(v))
             last = self.ckpt_dir / "last.pt"
             kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch else "no checkpoint was written yet"
-            raise ConvlabError(f"training diverged: train/{', train/'.join(bad)} = {list(bad.values())} in epoch {epoch} by step {step}; {kept}")
+            raise ConvlabError(f"training diverged in epoch {epoch} at step {bad_step.item()}: {bad}; {kept}")
         return means
 
     def _improved(self, row: dict[str, Any]) -> bool:
@@ -120,15 +150,9 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "elapsed": self.elapsed,
-            "config": self.config,
+            **self.meta,
         }
         last = self.ckpt_dir / "last.pt"
         save_checkpoint(state, last)
         if improved:
             copy_atomic(last, self.ckpt_dir / "best.pt")
-
-
-def batches_on(loader: Iterable, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Each batch of `loader`, moved to `device` (a no-op for data that already lives there)."""
-    for batch in loader:
-        yield tuple(t.to(device, non_blocking=True) for t in batch)

@@ -22,6 +22,8 @@ class DataInfo:
     in_channels: int
     image_size: int
     class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 class ImageDataset(ABC):
@@ -57,8 +59,12 @@ class ImageDataset(ABC):
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @abstractmethod
-    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return train images, train labels, test images, test labels (uint8 NCHW, int64)."""
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Return train images, train labels, test images, test labels (uint8 NCHW, int64).
+
+        A dataset without a test set returns None for both; its validation split then
+        serves the end-of-run pass too.
+        """
 
     def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The three splits as (images, labels), loaded on first use."""
@@ -67,14 +73,15 @@ class ImageDataset(ABC):
             perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
             n_val = max(1, round(len(y) * self.val_fraction))
             val, train = perm[:n_val], perm[n_val:]
-            self._splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (x_test, y_test)}
+            self._splits = {"train": (x[train], y[train]), "val": (x[val], y[val])}
+            self._splits["test"] = self._splits["val"] if x_test is None else (x_test, y_test)
         return self._splits
 
     @property
     def info(self) -> DataInfo:
         """Classes, channels and image size, taken from the loaded data."""
         x, _ = self.splits()["train"]
-        return DataInfo(len(self.class_names), x.shape[1], x.shape[-1], tuple(self.class_names))
+        return DataInfo(len(self.class_names), x.shape[1], x.shape[-1], tuple(self.class_names), self.mean, self.std)
 
     def loader(self, split: str, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> TensorLoader:
         """Batches of one split; the train split is shuffled, cropped and flipped, the others are not."""

@@ -71,6 +71,10 @@ class TensorLoader:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised batch -> images in [0, 1] (for logging what the model sees)."""
+        return ((x - self.shift.to(x.device)) / self.scale.to(x.device) / 255.0).clamp(0, 1)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and augmentation to produce."""
         self.epoch = epoch

