@@ -22,7 +22,7 @@ def main(args: list[str]) -> None:
         cfg = compose("train", overrides=[a for a in args if not a.startswith(("out=", "per_class="))])
     data = build(cfg.data, "data")
     per_class = int(opts.get("per_class", 8))
-    loader = data.loader("train", 4096, seed=cfg.seed)
+    loader = data.loaders(4096, torch.device("cpu"), seed=cfg.seed)["train"]
     loader.set_epoch(1)
     x, y = next(iter(loader))
     rows = [x[y == k][:per_class] for k in range(data.info.num_classes)]

@@ -31,7 +31,7 @@ def test_hydra_flags_pass_through() -> None:
     cfg = run_cli("train", "--cfg", "job", "model=hdc", "data=synthetic")
     assert cfg.returncode == 0 and "dilations:" in cfg.stdout and "name: synthetic" in cfg.stdout
     helptext = run_cli("train", "--help")
-    assert helptext.returncode == 0 and "model: alexnet_lite, hdc, plain_cnn, resnet18" in helptext.stdout
+    assert helptext.returncode == 0 and "model: alexnet_lite, dcgan, hdc, plain_cnn, resnet18" in helptext.stdout
     assert run_cli("train", "--info").returncode == 0
     assert "ckpt" in run_cli("eval", "--help").stdout
 

@@ -116,7 +116,7 @@ def test_crop_and_flip_statistics_match_torchvision_defaults() -> None:
 def test_eval_splits_are_not_augmented() -> None:
     data = Synthetic(num_train=200, num_test=50, augment={"crop_padding": 4, "flip": True})
     x_ref = data.splits()["val"][0]
-    x, _ = next(iter(data.loader("val", 1000)))
+    x, _ = next(iter(data.loaders(1000, torch.device("cpu"))["val"]))
     expected = (x_ref.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
     torch.testing.assert_close(x, expected)
 

@@ -145,7 +145,10 @@ def test_gan_resume_is_exact(tmp_path: Path, faces_256: Path, monkeypatch: pytes
     assert state["epoch"] == 2 and state["task"]["extra"]["fixed_z"].shape == (64, 100)
     assert set(state["task"]["optimizers"]) == {"generator", "discriminator"}
     resumed = train(make_cfg(tmp_path / "x", f"resume={tmp_path / 'cut'}"))
-    assert resumed["final"] | {"perf/images_per_s": 0, "perf/epoch_s": 0} == full["final"] | {"perf/images_per_s": 0, "perf/epoch_s": 0}
+    def no_timings(row: dict) -> dict:
+        return {k: v for k, v in row.items() if not k.startswith("perf/")}
+
+    assert no_timings(resumed["final"]) == no_timings(full["final"])
     a, b = (load_checkpoint(tmp_path / run)["task"]["models"]["generator"] for run in ("full", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "ok"

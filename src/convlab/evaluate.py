@@ -39,7 +39,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.root is not None:
         saved.data.root = cfg.data.root
     data = build(saved.data, "data")
-    loaders = {split: data.loader(split, cfg.batch_size) for split in ("train", "val", "test")}
+    loaders = data.loaders(cfg.batch_size, device)
     task.attach(loaders)
     result = task.evaluate(batches_on(loaders[saved.data.split], device), final=True)
     meta = {"checkpoint": str(path), "epoch": state["epoch"], "model": saved.model.get("name"), "data": saved.data.get("name")}

@@ -1,6 +1,7 @@
 """All run output in one place: TensorBoard, metrics.csv, summary.json, figures, progress, log lines.
 
-Only rank 0 writes; on other ranks every method is a no-op, so callers never check ranks.
+Only the main process writes (rank 0 under DDP); elsewhere every method is a no-op, so
+callers never check ranks.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def _fmt(key: str, v: Any) -> str:
         return f"{v:.0f} img/s"
     if key == "perf/epoch_s":
         return f"{v:.1f} s"
+    if key == "perf/first_step_s":
+        return f"(first step {v:.2f} s)"
     if isinstance(v, float):
         return f"{key} " + (f"{v:.3e}" if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5) else f"{v:.4f}")
     return f"{key} {v}"
@@ -55,8 +58,8 @@ def _json(obj: Any) -> str:
 class RunLogger:
     """Writes one run's curves and results into `out_dir`."""
 
-    def __init__(self, out_dir: Path, rank: int = 0, purge_epoch: int | None = None) -> None:
-        self.out_dir, self.enabled = Path(out_dir), rank == 0
+    def __init__(self, out_dir: Path, enabled: bool = True, purge_epoch: int | None = None) -> None:
+        self.out_dir, self.enabled = Path(out_dir), enabled
         self.writer = None
         if self.enabled:
             from torch.utils.tensorboard import SummaryWriter

@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from convlab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from convlab.config import build, check_config, resolve_device, to_dict
+from convlab.errors import ConfigError
 from convlab.logging import RunLogger, flatten
-from convlab.perf import keep_freed_memory
-from convlab.tasks.base import numbers_only
+from convlab.perf import Precision, keep_freed_memory, resolve_speed_settings
+from convlab.tasks.base import Task, numbers_only
 from convlab.trainer import Trainer
 
 log = logging.getLogger("convlab")
@@ -28,6 +29,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned conv kernels (CUDA only)
 
 
 def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -47,47 +49,79 @@ def _resume_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     return saved, state
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; returns the summary also written to summary.json."""
-    started = time.perf_counter()
+@dataclasses.dataclass
+class Run:
+    """One training job, assembled: what `train` runs and `convlab bench` times."""
+
+    cfg: DictConfig
+    device: torch.device
+    loaders: dict[str, Any]
+    task: Task
+    trainer: Trainer
+    logger: RunLogger
+    state: dict[str, Any] | None
+
+
+def setup(cfg: DictConfig, write: bool = True) -> Run:
+    """Build data, task, logger and trainer from a composed config (continuing its checkpoint with resume=)."""
     state = None
     if cfg.get("resume"):
         cfg, state = _resume_config(cfg)
     check_config(cfg)
-    out_dir = Path(cfg.out_dir)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         keep_freed_memory()
+    precision, channels_last = resolve_speed_settings(cfg.trainer, device)
     seed_everything(cfg.seed, cfg.deterministic)
     config = to_dict(cfg)
 
     data = build(cfg.data, "data")
     info = data.info
-    loaders = {split: data.loader(split, cfg.batch_size, seed=cfg.seed) for split in ("train", "val", "test")}
+    loaders = data.loaders(cfg.batch_size, device, seed=cfg.seed)
     steps_per_epoch = len(loaders["train"])
     task = build(
         cfg.task, "task",
         model=config["model"], optim=config["optim"], sched=config["sched"], info=info, device=device,
-        total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+        total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, precision=Precision(precision, device),
     )  # fmt: skip
-    logger = RunLogger(out_dir, purge_epoch=state["epoch"] + 1 if state else None)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for model in task.models.values():
+        model.to(memory_format=memory_format)  # in place: the optimizers keep their parameters
+        if cfg.trainer.compile:
+            if not isinstance(cfg.trainer.compile, bool):
+                raise ConfigError(f"trainer.compile={cfg.trainer.compile!r} is not allowed; choose one of: true, false")
+            model.compile()
+    out_dir = Path(cfg.out_dir)
+    logger = RunLogger(out_dir, enabled=write, purge_epoch=state["epoch"] + 1 if state else None)
     meta = {"config": config, "data_info": dataclasses.asdict(info)}
-    trainer = Trainer(task, loaders, logger, device, cfg.epochs, out_dir, meta, cfg.trainer.log_every, cfg.trainer.eval_every)
+    trainer = Trainer(
+        task, loaders, logger, device, cfg.epochs, out_dir, meta,
+        log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format, is_main=write,
+    )  # fmt: skip
     if state:
         trainer.restore(state)
         log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
+    return Run(cfg, device, loaders, task, trainer, logger, state)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns the summary also written to summary.json."""
+    started = time.perf_counter()
+    run = setup(cfg)
+    cfg, trainer, logger, task = run.cfg, run.trainer, run.logger, run.task
     summary: dict[str, Any] = {
         "status": "running",
         "model": cfg.model.get("name"),
         "data": cfg.data.get("name"),
         "parameters": task.num_parameters(),
-        "device": str(device),
-        "out_dir": str(out_dir),
+        "device": str(run.device),
+        "precision": task.precision.kind,
+        "out_dir": cfg.out_dir,
     }
     logger.write_summary(summary)
-    log.info("%s on %s: %s parameters, %d train / %d val / %d test images, device %s, output %s",
-             summary["model"], summary["data"], f"{summary['parameters']:,}",
-             *(len(loaders[s].labels) for s in ("train", "val", "test")), device, out_dir)  # fmt: skip
+    sizes = " / ".join(f"{len(run.loaders[s].labels)} {s}" for s in ("train", "val", "test"))
+    log.info("%s on %s: %s parameters, %s images, device %s (%s), output %s", summary["model"], summary["data"],
+             f"{summary['parameters']:,}", sizes, run.device, task.precision.kind, cfg.out_dir)  # fmt: skip
     try:
         test = trainer.fit()
     except BaseException as e:
@@ -103,13 +137,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "final": final,
         "test": numbers_only(test),
         "images_per_s": final.get("perf/images_per_s"),
-        "wall_time_s": (state["elapsed"] if state else 0.0) + time.perf_counter() - started,
+        "wall_time_s": (run.state["elapsed"] if run.state else 0.0) + time.perf_counter() - started,
     }
     logger.write_summary(summary)
     scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}
-    logger.log_hparams(hparams_of(config), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
+    logger.log_hparams(hparams_of(trainer.meta["config"]), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
     logger.close()
     best = trainer.best
     best_text = "" if best["value"] is None else f"  (best {best['metric']} {best['value']:.4f} at epoch {best['epoch']})"
-    log.info("test  %s%s  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)), best_text, out_dir)
+    log.info("test  %s%s  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)), best_text, cfg.out_dir)
     return summary

@@ -20,10 +20,18 @@ def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in d.items()}
 
 
-def batches_on(loader: Iterable, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Each batch of `loader`, moved to `device` (a no-op for data that already lives there)."""
+def batches_on(
+    loader: Iterable, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Each batch of `loader` on `device`, images (4-D tensors) in `memory_format`; no copy when already so."""
     for batch in loader:
-        yield tuple(t.to(device, non_blocking=True) for t in batch)
+        yield tuple(t.to(device, non_blocking=True, memory_format=memory_format) if t.dim() == 4 else t.to(device, non_blocking=True) for t in batch)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (for honest timings); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Trainer:
@@ -44,9 +52,11 @@ class Trainer:
         meta: dict[str, Any],
         log_every: int = 50,
         eval_every: int = 1,
+        memory_format: torch.memory_format = torch.contiguous_format,
         is_main: bool = True,
     ) -> None:
         self.task, self.loaders, self.logger, self.device = task, loaders, logger, device
+        self.memory_format = memory_format
         self.epochs, self.log_every, self.eval_every = epochs, log_every, eval_every
         self.ckpt_dir, self.meta, self.is_main = Path(out_dir) / CKPT_DIR, meta, is_main
         self.epoch, self.history, self.elapsed = 0, [], 0.0
@@ -57,6 +67,7 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, optimizers, schedules, RNGs, history, best, time."""
         self.task.load_state_dict(state["task"])
+        self.task.precision.load_state_dict(state["precision"])
         set_rng_state(state["rng"])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best, self.elapsed = dict(state["best"]), state["elapsed"]
@@ -68,11 +79,11 @@ class Trainer:
         for epoch in range(self.epoch + 1, self.epochs + 1):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.task.scalars()}
-            train_metrics, perf = self._train_epoch(epoch)
+            train_metrics, perf = self.train_epoch(epoch)
             row |= _prefixed("train", train_metrics)
             images: dict[str, torch.Tensor] = {}
             if epoch % self.eval_every == 0 or epoch == self.epochs:
-                val = self.task.evaluate(batches_on(self.loaders["val"], self.device))
+                val = self.task.evaluate(self._on_device("val"))
                 images = val.pop("images", {})
                 row |= _prefixed("val", val)
             row |= perf
@@ -82,7 +93,7 @@ class Trainer:
             self.logger.log_images(images, epoch, per_epoch=True)
             self.epoch = epoch
             self._checkpoint(self._improved(row))
-        test = self.task.evaluate(batches_on(self.loaders["test"], self.device), final=True)
+        test = self.task.evaluate(self._on_device("test"), final=True)
         self.logger.log_final(self.epochs, "test", test)
         return test
 
@@ -93,17 +104,25 @@ class Trainer:
         x = next(iter(loader))[0][:64]
         self.logger.log_images({"real": loader.denormalize(x)}, 0, per_epoch=False)
 
-    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, float]]:
+    def _on_device(self, split: str) -> Iterator[tuple[torch.Tensor, ...]]:
+        return batches_on(self.loaders[split], self.device, self.memory_format)
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """One pass over the train loader (or its first `max_steps` batches): mean metrics and timings.
+
+        images/s leaves out each epoch's first step, which carries one-off costs (torch.compile,
+        cuDNN autotuning, worker start-up); perf/first_step_s reports that step on its own.
+        """
         self.task.train(True)
         loader = self.loaders["train"]
         loader.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}  # per key: a task may report some values on some steps only
         bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first step with a NaN/Inf, 0 if none
-        seen = 0
+        seen = timed = 0
         start = time.perf_counter()
-        bar = self.logger.progress(loader, len(loader), f"epoch {epoch}/{self.epochs}")
-        for step, batch in enumerate(batches_on(bar, self.device), 1):
+        bar = self.logger.progress(loader, min(len(loader), max_steps or len(loader)), f"epoch {epoch}/{self.epochs}")
+        for step, batch in enumerate(batches_on(bar, self.device, self.memory_format), 1):
             n = batch[0].shape[0]
             out = self.task.train_step(batch)
             for key, value in out.items():
@@ -112,13 +131,22 @@ class Trainer:
             finite = torch.stack([v.isfinite() for v in out.values()]).all()
             bad_step = torch.where(finite | (bad_step > 0), bad_step, step)  # stays on the device: no sync
             seen += n
+            if step == 1:
+                sync(self.device)
+                first_step_s = time.perf_counter() - start
+                timed_start = time.perf_counter()
+            else:
+                timed += n
             # Reading a device value waits for the device: do it once per log interval, not per step.
             if step % self.log_every == 0:
                 means = self._means(sums, counts, bad_step, epoch)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()} | {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
-        means = self._means(sums, counts, bad_step, epoch)
-        seconds = time.perf_counter() - start
-        return means, {"perf/images_per_s": seen / seconds, "perf/epoch_s": seconds}
+                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()} | {"img/s": f"{timed / (time.perf_counter() - timed_start):.0f}"})
+            if step == max_steps:
+                break
+        means = self._means(sums, counts, bad_step, epoch)  # waits for the device
+        end = time.perf_counter()
+        rate = timed / (end - timed_start) if timed else seen / (end - start)
+        return means, {"perf/images_per_s": rate, "perf/epoch_s": end - start, "perf/first_step_s": first_step_s}
 
     def _means(self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int) -> dict[str, float]:
         means = {k: (v / counts[k]).item() for k, v in sums.items()}
@@ -146,6 +174,7 @@ class Trainer:
         state = {
             "epoch": self.epoch,
             "task": self.task.state_dict(),
+            "precision": self.task.precision.state_dict(),
             "rng": rng_state(),
             "history": self.history,
             "best": self.best,

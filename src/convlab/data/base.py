@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from convlab.data.loader import TensorLoader
+from convlab.data.loader import ArrayDataLoader, TensorLoader
 from convlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+LOADERS = ("auto", "device", "dataloader")
 
 SPLITS = ("train", "val", "test")
 
@@ -43,9 +49,13 @@ class ImageDataset(ABC):
         augment: dict | None = None,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
+        loader: str = "auto",
+        workers: int | None = None,
     ) -> None:
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction={val_fraction!r} is not allowed; expected a number in (0, 1)")
+        if loader not in LOADERS:
+            raise ConfigError(f"data.loader={loader!r} is not allowed; choose one of: {', '.join(LOADERS)}")
         if split not in ("val", "test"):
             raise ConfigError(f"data.split={split!r} is not allowed; choose one of: test, val")
         augment = dict(augment or {})
@@ -56,6 +66,7 @@ class ImageDataset(ABC):
         self.crop_padding = int(augment.get("crop_padding", 0))
         self.flip = bool(augment.get("flip", False))
         self.mean, self.std = tuple(mean), tuple(std)
+        self.mode, self.workers = loader, workers or os.cpu_count() or 1
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @abstractmethod
@@ -83,12 +94,30 @@ class ImageDataset(ABC):
         x, _ = self.splits()["train"]
         return DataInfo(len(self.class_names), x.shape[1], x.shape[-1], tuple(self.class_names), self.mean, self.std)
 
-    def loader(self, split: str, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> TensorLoader:
-        """Batches of one split; the train split is shuffled, cropped and flipped, the others are not."""
-        x, y = self.splits()[split]
-        train = split == "train"
-        return TensorLoader(
-            x, y, batch_size, mean=self.mean, std=self.std, shuffle=train, drop_last=train,
-            crop_padding=self.crop_padding if train else 0, flip=self.flip and train,
-            seed=seed, rank=rank, world_size=world_size,
-        )  # fmt: skip
+    def loaders(self, batch_size: int, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+        """Loaders of the three splits: train shuffled, cropped and flipped; val and test as they are.
+
+        `data.loader=device` keeps the images on `device` (TensorLoader); `dataloader` builds
+        batches in worker processes (ArrayDataLoader); `auto` picks device when all splits take
+        less than half the device's free memory (always on a CPU: the arrays are in RAM anyway).
+        """
+        splits = self.splits()
+        mode = self.mode
+        if mode == "auto":
+            nbytes = sum(x.numel() for x, _ in {id(v): v for v in splits.values()}.values())
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
+            mode = "device" if nbytes < 0.5 * free else "dataloader"
+            if mode == "dataloader":
+                log.info("data: %.1f GB of images exceed half of the %.1f GB free on %s; using %d DataLoader workers", nbytes / 1e9, free / 1e9, device, self.workers)
+        result = {}
+        for split, (x, y) in splits.items():
+            train = split == "train"
+            common = dict(
+                mean=self.mean, std=self.std, shuffle=train, drop_last=train, crop_padding=self.crop_padding if train else 0,
+                flip=self.flip and train, seed=seed, rank=rank, world_size=world_size,
+            )  # fmt: skip
+            if mode == "device":
+                result[split] = TensorLoader(x, y, batch_size, device=device, **common)
+            else:
+                result[split] = ArrayDataLoader(x, y, batch_size, workers=self.workers, pin_memory=device.type == "cuda", **common)
+        return result

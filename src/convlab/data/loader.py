@@ -1,8 +1,11 @@
-"""A loader over uint8 image tensors: shuffle, crop and flip whole batches with tensor ops.
+"""Two ways to batch uint8 image tensors, with the same augmentation and the same interface.
 
-In the spirit of airbench: no per-image Python, no worker processes. The images can live on
-any device (CPU now, the GPU when they fit), and every epoch's randomness comes from a
-generator seeded by (seed, epoch), so epoch k is the same whether or not the run was resumed.
+TensorLoader, in the spirit of airbench: the images live on the training device, and whole
+batches are shuffled, cropped, flipped and normalised there with tensor ops: no per-image
+Python, no worker processes, no host-device copies. ArrayDataLoader is the torch DataLoader
+path for data that does not fit on the device: per-image torchvision transforms in worker
+processes. In both, each epoch's randomness comes from a generator seeded by (seed, epoch),
+so epoch k is the same whether or not the run was resumed, and both shard by rank.
 """
 
 from __future__ import annotations
@@ -11,6 +14,24 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and augmentation."""
+    return seed * 1_000_003 + epoch
+
+
+def normaliser(mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with (x/255 - mean)/std = x * scale + shift, shaped (1, C, 1, 1)."""
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_t), -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+
+
+def denormalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """A normalised batch back in [0, 1] (for logging what the model sees)."""
+    return ((x - shift.to(x.device)) / scale.to(x.device) / 255.0).clamp(0, 1)
 
 
 def draw_crops(n: int, padding: int, flip: bool, g: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -66,14 +87,11 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip = crop_padding, flip
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        # x_norm = (x/255 - mean)/std = x * scale + shift, per channel.
-        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+        self.scale, self.shift = normaliser(mean, std, device)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised batch -> images in [0, 1] (for logging what the model sees)."""
-        return ((x - self.shift.to(x.device)) / self.scale.to(x.device) / 255.0).clamp(0, 1)
+        """Normalised batch -> images in [0, 1]."""
+        return denormalize(x, self.scale, self.shift)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and augmentation to produce."""
@@ -89,7 +107,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         dev = self.images.device
-        g = torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator(device=dev).manual_seed(epoch_seed(self.seed, self.epoch))
         n = len(self.labels)
         idx = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
         idx = idx[self.rank : self._per_rank() * self.world_size : self.world_size]
@@ -99,5 +117,76 @@ class TensorLoader:
             x = self.images[sel]
             if augment:
                 x = apply_crops(x, self.crop_padding, *draw_crops(len(sel), self.crop_padding, self.flip, g, dev))
-            x = (x.float() * self.scale + self.shift).contiguous()
-            yield x, self.labels[sel]
+            # The crop's gather leaves x channels-last in memory; the trainer sets the layout it wants.
+            yield x.float() * self.scale + self.shift, self.labels[sel]
+
+
+class _AugmentedArray(Dataset):
+    """Images of a uint8 (N, C, H, W) tensor, each cropped, flipped and normalised by torchvision."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, crop_padding: int, flip: bool, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.images, self.labels = images, labels
+        steps: list = [v2.RandomCrop(images.shape[-2:], padding=crop_padding)] if crop_padding else []
+        steps += [v2.RandomHorizontalFlip()] if flip else []
+        self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), self.labels[i]
+
+
+class ArrayDataLoader:
+    """The DataLoader path: the same batches as TensorLoader, built per image in `workers` processes.
+
+    Worker RNGs derive from the epoch's generator, so an epoch is reproducible for a given
+    number of workers (at least one: transforms in the main process would draw from, and
+    disturb, the training RNG).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shuffle: bool = False,
+        drop_last: bool = False,
+        crop_padding: int = 0,
+        flip: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 1,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = _AugmentedArray(images, labels, crop_padding, flip, mean, std)
+        self.labels, self.batch_size, self.shuffle, self.seed, self.epoch = labels, batch_size, shuffle, seed, 0
+        self.drop_last = drop_last and len(labels) // world_size >= batch_size  # never drop the only batch
+        self.sampler = DistributedSampler(self.dataset, world_size, rank, shuffle=shuffle, seed=seed, drop_last=True) if world_size > 1 else None
+        self.workers, self.pin_memory = max(1, workers), pin_memory
+        self.scale, self.shift = normaliser(mean, std)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised batch -> images in [0, 1]."""
+        return denormalize(x, self.scale, self.shift)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffle and augmentation to produce."""
+        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        yield from DataLoader(
+            self.dataset, self.batch_size, shuffle=self.shuffle and self.sampler is None, sampler=self.sampler,
+            drop_last=self.drop_last, num_workers=self.workers, pin_memory=self.pin_memory, generator=g,
+        )  # fmt: skip

@@ -11,6 +11,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from convlab.perf import Precision
+
 
 ARTEFACTS = ("figures", "images")  # evaluate() keys that hold pictures, not numbers
 
@@ -24,13 +26,15 @@ class Task(ABC):
     """Owns model(s), optimizer(s) and schedule(s); steps on a batch and evaluates a loader.
 
     Subclasses fill `models`, `optimizers` and `schedulers` (dicts by name), so saving,
-    loading, mode switches and parameter counts work here for every task. `monitor` names
-    the validation metric (and "max"/"min") that picks `best.pt`.
+    loading, mode switches and parameter counts work here for every task, and run forward
+    passes under `self.precision.autocast()` and updates through `self.precision.backward_step`.
+    `monitor` names the validation metric (and "max"/"min") that picks `best.pt`.
     """
 
     monitor: tuple[str, str] = ("loss", "min")
 
-    def __init__(self) -> None:
+    def __init__(self, precision: Precision | None = None) -> None:
+        self.precision = precision or Precision()  # autocast and loss scaling, chosen by the trainer's config
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, Optimizer] = {}
         self.schedulers: dict[str, LRScheduler] = {}

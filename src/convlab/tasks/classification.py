@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from convlab.config import build
 from convlab.data.base import DataInfo
+from convlab.perf import Precision
 from convlab.tasks.base import Task
 
 
@@ -27,9 +28,10 @@ class ClassificationTask(Task):
         device: torch.device,
         total_steps: int,
         steps_per_epoch: int,
+        precision: Precision | None = None,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(precision)
         self.info, self.label_smoothing = info, label_smoothing
         self.model = build(model, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size)
         self.model.to(device)
@@ -42,11 +44,11 @@ class ClassificationTask(Task):
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """Forward, cross-entropy, backward, optimizer and schedule step."""
         x, y = batch
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        with self.precision.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.precision.backward_step(loss, self.optimizer)
         self.scheduler.step()
         return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
 
@@ -59,8 +61,9 @@ class ClassificationTask(Task):
         loss_sum = torch.zeros((), device=device)
         confusion = torch.zeros(k * k, dtype=torch.long, device=device)  # row = true class, column = prediction
         for x, y in loader:
-            logits = self.model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            with self.precision.autocast():
+                logits = self.model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
         cm = confusion.view(k, k).cpu()
         n = int(cm.sum())

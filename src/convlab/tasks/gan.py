@@ -13,6 +13,7 @@ from convlab import fid
 from convlab.config import build, require_int
 from convlab.data.base import DataInfo
 from convlab.errors import ConfigError
+from convlab.perf import Precision
 from convlab.tasks.base import Task
 
 log = logging.getLogger("convlab")
@@ -55,13 +56,16 @@ class GANTask(Task):
         device: torch.device,
         total_steps: int,
         steps_per_epoch: int,
+        precision: Precision | None = None,
         loss: str = "bce",
         d_steps: int = 1,
         gp_weight: float = 10.0,
         fid_every: int = 0,
         fid_samples: int = 2048,
     ) -> None:
-        super().__init__()
+        super().__init__(precision)
+        if self.precision.kind == "fp16" and loss == "wgan-gp":
+            raise ConfigError("gan.loss=wgan-gp with trainer.precision=fp16 is not supported (loss scaling of the gradient penalty); use bf16 or fp32")
         if any(abs(m - 0.5) > 1e-6 for m in info.mean) or any(abs(sd - 0.5) > 1e-6 for sd in info.std):
             raise ConfigError(
                 f"a GAN needs images scaled to [-1, 1] like its tanh output, but data.mean={list(info.mean)} "
@@ -117,28 +121,29 @@ class GANTask(Task):
         """One D update; every d_steps-th call also one G update."""
         real = batch[0]
         z = torch.randn(real.size(0), self.G.z_dim, device=real.device)
-        fake = self.G(z)
+        amp = self.precision
+        with amp.autocast():
+            fake = self.G(z)
 
-        # (1) Update D: real images -> 1, generated images (detached from G) -> 0.
-        d_real, d_fake = self.D(real), self.D(fake.detach())
-        loss_d = d_loss(self.loss, d_real, d_fake)
-        if self.loss == "wgan-gp":
-            loss_d = loss_d + self.gp_weight * gradient_penalty(self.D, real, fake.detach())
+            # (1) Update D: real images -> 1, generated images (detached from G) -> 0.
+            d_real, d_fake = self.D(real), self.D(fake.detach())
+            loss_d = d_loss(self.loss, d_real.float(), d_fake.float())
+            if self.loss == "wgan-gp":
+                loss_d = loss_d + self.gp_weight * gradient_penalty(self.D, real, fake.detach())
         opt_d = self.optimizers["discriminator"]
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        amp.backward_step(loss_d, opt_d)
         self.schedulers["discriminator"].step()
         out = {"loss/D": loss_d.detach(), "D_x": self._prob(d_real), "D_G_z": self._prob(d_fake)}
 
         # (2) Update G: make the updated D call the same fakes real (non-saturating loss for bce).
         self.steps += 1
         if self.steps % self.d_steps == 0:
-            loss_g = g_loss(self.loss, self.D(fake))
+            with amp.autocast():
+                loss_g = g_loss(self.loss, self.D(fake).float())
             opt_g = self.optimizers["generator"]
             opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            amp.backward_step(loss_g, opt_g)
             self.schedulers["generator"].step()
             out["loss/G"] = loss_g.detach()
         return out
@@ -148,7 +153,8 @@ class GANTask(Task):
         """Images in [0, 1] for noise `z` (N, z_dim), with the generator in evaluation mode."""
         was_training = self.G.training
         self.G.eval()
-        images = (self.G(z) + 1) / 2
+        with self.precision.autocast():
+            images = (self.G(z).float() + 1) / 2
         self.G.train(was_training)
         return images.clamp(0, 1)
 
@@ -162,11 +168,12 @@ class GANTask(Task):
     def evaluate(self, loader: Iterable, final: bool = False) -> dict[str, Any]:
         """Mean D(x) on held-out real images, the fixed-noise grid, and FID when it is due."""
         self.train(False)
-        total, n = 0.0, 0
+        total, n = torch.zeros((), device=self.device), 0
         for x, _ in loader:
-            total += self._prob(self.D(x)).item() * len(x)
+            with self.precision.autocast():
+                total += self._prob(self.D(x).float()) * len(x)
             n += len(x)
-        result: dict[str, Any] = {"D_x": total / max(n, 1), "images": {"samples": self.generate(self.fixed_z)}}
+        result: dict[str, Any] = {"D_x": total.item() / max(n, 1), "images": {"samples": self.generate(self.fixed_z)}}
         epoch = self.steps // self.steps_per_epoch
         if self.fid_on and (final or epoch % self.fid_every == 0):
             if self.last_fid is None or self.last_fid[0] != self.steps:
