@@ -78,9 +78,22 @@ def sample_main(cfg: DictConfig) -> None:
         log.info("wrote %s", files[0] if len(files) == 1 else f"{len(files)} images to {files[0].parent}")
 
 
+@hydra.main(config_path=CONF, config_name="bench", version_base="1.3")
+def bench_main(cfg: DictConfig) -> None:
+    """`convlab bench`: print the images/s table (and write JSON with bench.json=PATH)."""
+    from convlab.bench import bench, format_table, write_json
+
+    with user_errors():
+        result = bench(cfg)
+        print(format_table(result))
+        if cfg.bench.json:
+            write_json(result, cfg.bench.json)
+
+
 COMMANDS = {
     "train": (train_main, "train a model: convlab train model=resnet18 data=cifar10 epochs=30 [-m for sweeps]"),
     "eval": (eval_main, "evaluate a checkpoint: convlab eval ckpt=outputs/DATE/TIME [data.split=val]"),
+    "bench": (bench_main, "measure training images/s: convlab bench model=resnet18 device=cuda batch_size=512"),
     "sample": (sample_main, "draw from a trained GAN: convlab sample ckpt=RUN n=64 out=grid.png [interpolate=true]"),
 }
 

@@ -55,6 +55,7 @@ class Run:
 
     cfg: DictConfig
     device: torch.device
+    data: Any
     loaders: dict[str, Any]
     task: Task
     trainer: Trainer
@@ -101,7 +102,7 @@ def setup(cfg: DictConfig, write: bool = True) -> Run:
     if state:
         trainer.restore(state)
         log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
-    return Run(cfg, device, loaders, task, trainer, logger, state)
+    return Run(cfg, device, data, loaders, task, trainer, logger, state)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -20,6 +20,16 @@ LOADERS = ("auto", "device", "dataloader")
 SPLITS = ("train", "val", "test")
 
 
+def choose_loader(mode: str, nbytes: int, free: int | None) -> str:
+    """`data.loader=auto`: the device when the images take less than half its free memory.
+
+    `free` is None for a CPU, where the arrays already sit in host memory: always the tensor loader.
+    """
+    if mode != "auto":
+        return mode
+    return "device" if free is None or nbytes < 0.5 * free else "dataloader"
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """What a model needs to know about its data."""
@@ -102,13 +112,12 @@ class ImageDataset(ABC):
         less than half the device's free memory (always on a CPU: the arrays are in RAM anyway).
         """
         splits = self.splits()
-        mode = self.mode
-        if mode == "auto":
-            nbytes = sum(x.numel() for x, _ in {id(v): v for v in splits.values()}.values())
-            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
-            mode = "device" if nbytes < 0.5 * free else "dataloader"
-            if mode == "dataloader":
-                log.info("data: %.1f GB of images exceed half of the %.1f GB free on %s; using %d DataLoader workers", nbytes / 1e9, free / 1e9, device, self.workers)
+        nbytes = sum(x.numel() for x, _ in {id(v): v for v in splits.values()}.values())  # val may be test
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        mode = choose_loader(self.mode, nbytes, free)
+        if mode != self.mode:
+            log.info("data: %s (%.2f GB of images%s)", "on the device" if mode == "device" else f"{self.workers} DataLoader workers",
+                     nbytes / 1e9, "" if free is None else f", {free / 1e9:.1f} GB free on {device}")  # fmt: skip
         result = {}
         for split, (x, y) in splits.items():
             train = split == "train"

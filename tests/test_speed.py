@@ -1,0 +1,131 @@
+"""The speed features: both loader paths, precision, memory format, no per-step syncs, convlab bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from convlab.bench import bench, format_table
+from convlab.checkpoint import load_checkpoint
+from convlab.data.base import choose_loader
+from convlab.data.loader import ArrayDataLoader, TensorLoader
+from convlab.train import setup, train
+from tests.conftest import SMALL, make_cfg
+
+
+
+def marker_images(n: int) -> torch.Tensor:
+    """n copies of a 3×8×8 image whose pixel (r, c) holds 10*r + c + 1: any crop/flip can be read back."""
+    rc = torch.arange(8).view(8, 1) * 10 + torch.arange(8).view(1, 8) + 1
+    return rc.to(torch.uint8).expand(n, 3, 8, 8).contiguous()
+
+
+def read_back(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dy, dx, flipped) of each augmented marker image (normalised with mean 0, std 1/255).
+
+    With padding 2 and offsets (dy, dx), output pixels (4, 3) and (4, 4) hold original pixels
+    (2 + dy, 1 + dx) and (2 + dy, 2 + dx), swapped by a flip; never padding.
+    """
+    pair = x[:, 0, 4, 3:5].round().long()
+    flipped = pair[:, 0] > pair[:, 1]
+    v = pair.min(dim=1).values - 1  # = 10 (2 + dy) + (1 + dx)
+    return v // 10 - 2, v % 10 - 1, flipped
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dataloader"])
+def test_both_loaders_crop_and_flip_with_torchvisions_distribution(kind: str) -> None:
+    n = 6000
+    args = dict(mean=(0, 0, 0), std=(1 / 255,) * 3, shuffle=True, crop_padding=2, flip=True, seed=3)
+    loader = TensorLoader(marker_images(n), torch.zeros(n, dtype=torch.long), 500, **args) if kind == "tensor" else (
+        ArrayDataLoader(marker_images(n), torch.zeros(n, dtype=torch.long), 500, workers=2, **args)
+    )  # fmt: skip
+    loader.set_epoch(1)
+    dy, dx, flipped = (torch.cat(t) for t in zip(*(read_back(x) for x, _ in loader)))
+    for offsets in (dy, dx):  # RandomCrop(8, padding=2): offsets uniform on 0..4
+        share = torch.bincount(offsets, minlength=5).float() / n
+        assert len(share) == 5 and (share - 0.2).abs().max() < 0.025, share
+    assert abs(flipped.float().mean().item() - 0.5) < 0.025
+    loader.set_epoch(1)
+    assert torch.equal(torch.cat([x for x, _ in loader])[:500], next(iter(loader))[0])  # an epoch is reproducible
+
+
+def test_dataloader_path_shards_and_keeps_the_interface() -> None:
+    images, labels = marker_images(100), torch.arange(100)
+    shards = []
+    for rank in range(2):
+        loader = ArrayDataLoader(images, labels, 10, mean=(0,) * 3, std=(1,) * 3, shuffle=True, seed=1, rank=rank, world_size=2)
+        loader.set_epoch(4)
+        shards.append(torch.cat([y for _, y in loader]))
+        assert len(loader) == 5
+    assert len(shards[0]) == len(shards[1]) == 50 and not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_auto_loader_choice() -> None:
+    assert choose_loader("auto", 150_000_000, None) == "device"  # CPU: arrays are already in RAM
+    assert choose_loader("auto", 150_000_000, 80_000_000_000) == "device"
+    assert choose_loader("auto", 150_000_000, 200_000_000) == "dataloader"
+    assert choose_loader("dataloader", 1, None) == "dataloader"
+
+
+def test_dataloader_mode_trains_like_the_tensor_mode(tmp_path: Path) -> None:
+    a = train(make_cfg(tmp_path / "a", *SMALL, "epochs=1", "data.loader=dataloader", "data.workers=1"))
+    b = train(make_cfg(tmp_path / "b", *SMALL, "epochs=1", "data.loader=dataloader", "data.workers=1"))
+    assert a["status"] == "ok" and a["test"] == b["test"]  # seeded workers: the same epoch twice
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_keeps_its_scaler(precision: str, tmp_path: Path) -> None:
+    summary = train(make_cfg(tmp_path, *SMALL, "epochs=1", f"trainer.precision={precision}", "model.channels=[8,16,16]"))
+    assert summary["precision"] == precision and summary["final"]["train/loss"] == summary["final"]["train/loss"]
+    scaler = load_checkpoint(tmp_path)["precision"]
+    assert ("scale" in scaler) == (precision == "fp16")
+
+
+def test_channels_last_reaches_model_and_batches(tmp_path: Path) -> None:
+    run = setup(make_cfg(tmp_path, *SMALL, "trainer.channels_last=true"), write=False)
+    conv = run.task.model.features[1][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    x, _ = next(run.trainer._on_device("val"))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_no_device_reads_between_log_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "trainer.log_every=1000"), write=False)
+    reads = {"n": 0}
+    real_item = torch.Tensor.item
+
+    def counting_item(self: torch.Tensor):
+        reads["n"] += 1
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    run.trainer.train_epoch(1)
+    assert len(run.loaders["train"]) == 8
+    assert reads["n"] == 3  # once at the epoch's end: the bad-step flag and the two means, not per step
+
+
+def test_bench_measures_three_loops(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("convlab.conf", version_base="1.3"):
+        cfg = compose("bench", overrides=[*SMALL, "model.channels=[8,8,8]", "bench.steps=3", "bench.warmup=1", "bench.repeats=2", "bench.workers=1"])
+    result = bench(cfg)
+    assert set(result["images_per_s"]) == {"convlab", "bare", "reference"}
+    assert all(len(r) == 2 and min(r) > 0 for r in result["runs"].values())
+    assert result["ratios"]["1/2"] == pytest.approx(result["images_per_s"]["convlab"] / result["images_per_s"]["bare"])
+    table = format_table(result)
+    assert "1 convlab train loop" in table and "ratio 1/2" in table
+    json.dumps(result)
+
+
+@pytest.mark.slow
+def test_compiled_run_reports_compile_time_apart(tmp_path: Path) -> None:
+    summary = train(make_cfg(tmp_path, *SMALL, "epochs=2", "trainer.compile=true", "model.channels=[8,8,8]"))
+    history = load_checkpoint(tmp_path)["history"]
+    assert summary["status"] == "ok"
+    # Epoch 1's first step compiles (seconds); later steps and epoch 2's first step do not.
+    assert history[0]["perf/first_step_s"] > 5 * history[1]["perf/first_step_s"]
+    assert history[0]["perf/images_per_s"] > 0.5 * history[1]["perf/images_per_s"]
