@@ -8,17 +8,21 @@ usual. User errors (ConvlabError) end as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
+import traceback
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from convlab import __version__
+from convlab.checkpoint import write_atomic
 from convlab.errors import ConfigError, ConvlabError
 
 log = logging.getLogger("convlab")
@@ -26,14 +30,33 @@ CONF = "pkg://convlab.conf"
 GROUPS = ("model", "data", "optim", "sched", "task", "experiment")
 
 
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failure(error: BaseException) -> None:
+    """Mark the job failed in its summary.json (train() does so itself once it has started)."""
+    out = Path(HydraConfig.get().runtime.output_dir)
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    if summary.get("status") in (None, "running"):
+        summary |= {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+        write_atomic(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+
+
 @contextlib.contextmanager
 def user_errors(resume_hint: bool = False) -> Iterator[None]:
-    """Turn ConvlabError into one logged line and exit code 2; Ctrl-C into exit code 130 (and a resume hint)."""
+    """User errors end as one line and exit code 2, Ctrl-C as exit code 130 (with a resume hint).
+
+    Inside a -m sweep a failed job, whatever the error, is logged in one line and recorded in its
+    summary.json, and the sweep goes on to its next job (a traceback goes to the job's error.txt).
+    """
     try:
         yield
     except ConvlabError as e:
         log.error("%s", e)
-        sys.exit(2)
+        if not _in_sweep():
+            sys.exit(2)
+        _record_failure(e)
     except KeyboardInterrupt:
         out = Path(HydraConfig.get().runtime.output_dir)
         if not resume_hint:
@@ -43,11 +66,20 @@ def user_errors(resume_hint: bool = False) -> Iterator[None]:
         else:
             log.error("interrupted before an epoch finished; nothing to resume")
         sys.exit(130)
+    except Exception as e:
+        if not _in_sweep():
+            raise
+        out = Path(HydraConfig.get().runtime.output_dir)
+        (out / "error.txt").write_text(traceback.format_exc())
+        log.error("job failed: %s: %s (traceback in %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "", out / "error.txt")
+        _record_failure(e)
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
 def train_main(cfg: DictConfig) -> float | None:
     """`convlab train`: one run, or one job of a -m sweep."""
+    import torch
+
     from convlab.train import train
 
     with user_errors(resume_hint=True):
@@ -55,8 +87,10 @@ def train_main(cfg: DictConfig) -> float | None:
             changed = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in ("resume", "device")]
             if changed:
                 raise ConfigError(f"resume= continues a run with its saved config; only device= may change (drop: {' '.join(changed)})")
-        summary = train(cfg)
-    return summary["best"]["value"]
+        if cfg.device == "auto" and torch.cuda.device_count() > 1:
+            cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"  # parallel sweeps: job i on GPU i mod N
+        return train(cfg)["best"]["value"]
+    return None
 
 
 @hydra.main(config_path=CONF, config_name="eval", version_base="1.3")
@@ -90,11 +124,21 @@ def bench_main(cfg: DictConfig) -> None:
             write_json(result, cfg.bench.json)
 
 
+@hydra.main(config_path=CONF, config_name="report", version_base="1.3")
+def report_main(cfg: DictConfig) -> None:
+    """`convlab report PATH...`: report.md with curves, bars and confusion matrix from run folders."""
+    from convlab.report import report
+
+    with user_errors():
+        log.info("wrote %s", report(cfg))
+
+
 COMMANDS = {
     "train": (train_main, "train a model: convlab train model=resnet18 data=cifar10 epochs=30 [-m for sweeps]"),
     "eval": (eval_main, "evaluate a checkpoint: convlab eval ckpt=outputs/DATE/TIME [data.split=val]"),
     "bench": (bench_main, "measure training images/s: convlab bench model=resnet18 device=cuda batch_size=512"),
     "sample": (sample_main, "draw from a trained GAN: convlab sample ckpt=RUN n=64 out=grid.png [interpolate=true]"),
+    "report": (report_main, "compare runs: convlab report outputs/multirun/DATE/TIME [more runs or sweeps] [out=DIR]"),
 }
 
 USAGE = "\n".join(
@@ -166,6 +210,14 @@ def _resume_run_dir(args: list[str]) -> list[str]:
     return [*args, f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null"] if run_dir else args
 
 
+def _paths_override(args: list[str]) -> list[str]:
+    """`convlab report A B` -> `paths=['A','B']`: Hydra takes no positional arguments."""
+    paths = [a for a in args if "=" not in a and not a.startswith("-")]
+    rest = [a for a in args if a not in paths]
+    quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
+    return [*rest, f"paths=[{quoted}]"] if paths else rest
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `convlab` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -179,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"convlab: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (convlab --help)", file=sys.stderr)
         sys.exit(2)
+    if name == "report":
+        args = _paths_override(args)
     try:
         preflight(name, args)
     except ConfigError as e:
@@ -188,3 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         args = _resume_run_dir(args)
     sys.argv = [f"convlab-{name}", *args]
     COMMANDS[name][0]()
+    from convlab.sweep import last_sweep
+
+    if last_sweep["failed"]:
+        sys.exit(1)  # the sweep ran to its end, but not every job succeeded

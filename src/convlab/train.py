@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import random
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, trainer, logger, task = run.cfg, run.trainer, run.logger, run.task
     summary: dict[str, Any] = {
         "status": "running",
+        "started": datetime.now().isoformat(timespec="milliseconds"),
         "model": cfg.model.get("name"),
         "data": cfg.data.get("name"),
         "parameters": task.num_parameters(),
@@ -121,8 +123,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     logger.write_summary(summary)
     sizes = " / ".join(f"{len(run.loaders[s].labels)} {s}" for s in ("train", "val", "test"))
-    log.info("%s on %s: %s parameters, %s images, device %s (%s), output %s", summary["model"], summary["data"],
-             f"{summary['parameters']:,}", sizes, run.device, task.precision.kind, cfg.out_dir)  # fmt: skip
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' * (n != 1)}" if run.device.type == "cpu" else ""
+    log.info("%s on %s: %s parameters, %s images, device %s (%s%s), output %s", summary["model"], summary["data"],
+             f"{summary['parameters']:,}", sizes, run.device, task.precision.kind, threads, cfg.out_dir)  # fmt: skip
     try:
         test = trainer.fit()
     except BaseException as e:
@@ -139,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test": numbers_only(test),
         "images_per_s": final.get("perf/images_per_s"),
         "wall_time_s": (run.state["elapsed"] if run.state else 0.0) + time.perf_counter() - started,
+        "ended": datetime.now().isoformat(timespec="milliseconds"),
     }
     logger.write_summary(summary)
     scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}

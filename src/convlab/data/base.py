@@ -115,7 +115,7 @@ class ImageDataset(ABC):
         nbytes = sum(x.numel() for x, _ in {id(v): v for v in splits.values()}.values())  # val may be test
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
         mode = choose_loader(self.mode, nbytes, free)
-        if mode != self.mode:
+        if self.mode == "auto" and free is not None:
             log.info("data: %s (%.2f GB of images%s)", "on the device" if mode == "device" else f"{self.workers} DataLoader workers",
                      nbytes / 1e9, "" if free is None else f", {free / 1e9:.1f} GB free on {device}")  # fmt: skip
         result = {}

@@ -1,0 +1,99 @@
+"""`convlab report PATH...`: report.md and PNG figures comparing runs, read from their folders."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from convlab.errors import ConfigError, ConvlabError
+from convlab.plots import confusion_figure
+from convlab.runs import RunRecord, find_runs, table, to_markdown
+
+CURVES = (("train/loss", "train loss"), ("val/loss", "validation loss"), ("train/acc", "train accuracy"), ("val/acc", "validation accuracy"))
+GAN_CURVES = (("train/loss/D", "discriminator loss"), ("train/loss/G", "generator loss"), ("train/D_x", "D(x)"), ("train/D_G_z", "D(G(z))"))
+
+
+def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) -> Figure:
+    """2×2 panels of per-epoch curves, every run overlaid and labelled; 1200×800 px."""
+    fig = Figure(figsize=(12, 8), dpi=100)
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(2, 2, i + 1)
+        for r in runs:
+            points = [(row["epoch"], row[key]) for row in r.history if key in row]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=r.label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(runs: list[RunRecord]) -> Figure:
+    """Final test accuracy per run, labelled with parameters and images/s; 1000 px wide, 120 px per run."""
+    fig = Figure(figsize=(10, 1.5 + 1.2 * len(runs)), dpi=100)
+    ax = fig.add_subplot()
+    accs = [r.value("test/acc") for r in runs]
+    labels = [f"{r.label}\n{r.summary.get('parameters', 0):,} params, {r.summary.get('images_per_s') or 0:.0f} img/s" for r in runs]
+    ax.barh(range(len(runs)), accs, color="tab:blue")
+    for i, acc in enumerate(accs):
+        ax.text(acc, i, f" {acc:.3f}", va="center")
+    ax.set_yticks(range(len(runs)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, min(1.0, max(accs) * 1.2 + 0.05))
+    ax.set_xlabel("test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def report(cfg: DictConfig) -> Path:
+    """Write report.md and its figures for the runs under `cfg.paths` into `cfg.out`; returns report.md."""
+    paths = [Path(p) for p in cfg.paths or []]
+    if not paths:
+        raise ConfigError("convlab report needs run or sweep folders: convlab report outputs/multirun/DATE/TIME [...]")
+    missing = [p for p in paths if not p.is_dir()]
+    if missing:
+        raise ConvlabError(f"no folder {missing[0]}; give run folders or sweep folders (outputs/..., outputs/multirun/...)")
+    runs = find_runs(paths)
+    if not runs:
+        raise ConvlabError(f"no runs found in {', '.join(map(str, paths))} (a run folder holds summary.json or metrics.csv)")
+    out = Path(cfg.out) if cfg.out else paths[0] if len(paths) == 1 else Path("outputs") / "reports" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# convlab report\n\n{len(runs)} runs from {', '.join(f'`{p}`' for p in paths)}\n", to_markdown(table(runs)), ""]
+    md += ["## Runs (labels in the figures)\n"]
+    for r in runs:
+        note = f"**{r.status}**" + (f": {r.summary['error']}" if r.summary.get("error") else "") if r.status != "ok" else "ok"
+        md.append(f"- `{r.label}`: {note} (`{r.path}`)")
+    md.append("")
+
+    def figure(name: str, fig: Figure, caption: str) -> None:
+        fig.savefig(out / name)
+        md.extend([f"## {caption}\n", f"![{caption}]({name})\n"])
+
+    classifiers = [r for r in runs if any("train/acc" in row for row in r.history)]
+    gans = [r for r in runs if any("train/loss/G" in row for row in r.history)]
+    if classifiers:
+        figure("curves.png", curves_figure(classifiers, CURVES), "Loss and accuracy per epoch")
+        tested = [r for r in classifiers if r.value("test/acc") is not None]
+        if tested:
+            figure("test_accuracy.png", accuracy_bars(tested), "Final test accuracy")
+        best = max((r for r in tested if r.summary.get("test", {}).get("confusion")), key=lambda r: r.value("test/acc"), default=None)
+        if best:
+            names = list(best.summary["test"].get("per_class_acc", {})) or [str(i) for i in range(len(best.summary["test"]["confusion"]))]
+            figure("confusion.png", confusion_figure(torch.tensor(best.summary["test"]["confusion"]), names), f"Confusion matrix of the best run ({best.label})")
+    if gans:
+        figure("gan_curves.png", curves_figure(gans, GAN_CURVES), "GAN losses and discriminator outputs per epoch")
+        for i, r in enumerate(gans):
+            grids = sorted((r.path / "samples").glob("epoch_*.png"))
+            if grids:
+                shutil.copyfile(grids[-1], out / f"samples_{i}.png")
+                md.append(f"### Last samples: {r.label} ({grids[-1].stem.replace('_', ' ')})\n\n![samples](samples_{i}.png)\n")
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path

@@ -1,0 +1,37 @@
+"""The end of a `convlab train -m` sweep: summary.csv and summary.md in the sweep folder, and the table.
+
+A Hydra callback (conf/train.yaml: hydra.callbacks), so it runs with any launcher, once, in the
+process that started the sweep, after every job has ended; it reads the jobs' folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from convlab.checkpoint import write_atomic
+from convlab.runs import find_runs, table, to_csv, to_markdown
+
+# Jobs of the last sweep in this process that did not end "ok" (the CLI's exit code reads it).
+last_sweep = {"jobs": 0, "failed": 0}
+
+
+class SweepSummary(Callback):
+    """Tabulate every job of a finished sweep."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write summary.csv / summary.md and print the table."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        runs = find_runs([sweep_dir])
+        rows = table(runs)
+        text = to_markdown(rows)
+        write_atomic(sweep_dir / "summary.csv", lambda tmp: Path(tmp).write_text(to_csv(rows)))
+        write_atomic(sweep_dir / "summary.md", lambda tmp: Path(tmp).write_text(f"# Sweep {sweep_dir}\n\n{text}\n"))
+        failed = sum(r.status != "ok" for r in runs)
+        last_sweep.update(jobs=len(runs), failed=failed)
+        print(f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n(also in summary.md and summary.csv)")

@@ -1,0 +1,94 @@
+"""Sweeps end in a summary, `convlab report` draws them, lab studies compose and run, jobs run in parallel."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from convlab.train import setup
+from tests.conftest import CIFAR_SUBSET, REPO, SMALL, run_cli
+
+TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=2", "model.channels=[8,16,16]"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A 4-job sweep on synthetic data whose last job fails (a learning rate that is not a number)."""
+    out = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("train", "-m", "optim.lr=0.01,0.05,0.2,fast", *TINY, f"hydra.sweep.dir={out}")
+    return out, proc
+
+
+def test_failed_job_does_not_stop_the_sweep(sweep: tuple[Path, object]) -> None:
+    out, proc = sweep
+    assert proc.returncode == 1, proc.stderr  # the sweep ran to its end, but one job failed
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["optim.lr"] for r in rows] == ["0.01", "0.05", "0.2", "fast"]
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "ok", "ok", "failed"]
+    assert "optim.lr='fast' is not allowed" in rows[3]["status"]
+    assert all(float(r["test/acc"]) >= 0 and int(r["epochs"]) == 2 and r["parameters"] for r in rows[:3])
+    assert "| optim.lr |" in (out / "summary.md").read_text() and "3 of 4 jobs ok" in proc.stdout
+
+
+def test_sweep_jobs_are_named_by_their_overrides_for_tensorboard(sweep: tuple[Path, object]) -> None:
+    out, _ = sweep
+    jobs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert [j.split("_", 1)[0] for j in jobs] == ["0", "1", "2", "3"] and "optim.lr=0.05" in jobs[1]
+    ea = EventAccumulator(str(out / jobs[1]))
+    ea.Reload()
+    assert b"optim/lr" in ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+
+
+def test_report_draws_the_sweep(sweep: tuple[Path, object], tmp_path: Path) -> None:
+    out, _ = sweep
+    proc = run_cli("report", str(out), f"out={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "report.md").read_text()
+    assert "`optim.lr=0.2`: ok" in md and "`optim.lr=fast`: **failed**: optim.lr='fast' is not allowed" in md
+    sizes = {name: (1200, 800) for name in ["curves.png"]} | {"test_accuracy.png": (1000, 510), "confusion.png": (700, 680)}
+    for name, size in sizes.items():
+        assert (tmp_path / name).stat().st_size > 10_000 and Image.open(tmp_path / name).size == size, name
+        assert f"]({name})" in md
+
+
+def test_report_errors_are_one_line(tmp_path: Path) -> None:
+    proc = run_cli("report", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "no folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_its_first_job_steps(name: str, tmp_path: Path, faces_256: Path) -> None:
+    with initialize_config_module("convlab.conf", version_base="1.3"):
+        full = compose("train", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        sweeps = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (full.hydra.sweeper.params or {}).items()])
+        first = [f"{o.key_or_group}={next(o.sweep_string_iterator())}" for o in sweeps]
+        data = {"cifar10": [f"data.root={CIFAR_SUBSET}"], "anime_faces": [f"data.root={faces_256}", f"data.cache_dir={tmp_path}", "data.image_size=32"]}
+        extra = data.get(full.data.name, []) + ["batch_size=16", f"out_dir={tmp_path}"]
+        cfg = compose("train", overrides=[f"+experiment={name}", *first, *extra])
+    if full.data.name == "cifar10" and not CIFAR_SUBSET.is_dir():
+        pytest.skip(f"real CIFAR-10 subset not found at {CIFAR_SUBSET}")
+    run = setup(cfg, write=False)
+    metrics, _ = run.trainer.train_epoch(1, max_steps=1)
+    assert all(v == v for v in metrics.values())  # one finite step
+
+
+def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
+    proc = run_cli("train", "-m", "hydra/launcher=parallel", "model=plain_cnn,hdc", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    spans = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert len(spans) == 2 and all(s["status"] == "ok" for s in spans)
+    (a0, a1), (b0, b1) = ((datetime.fromisoformat(s["started"]), datetime.fromisoformat(s["ended"])) for s in spans)
+    assert a0 < b1 and b0 < a1  # the two jobs overlapped in time
+    logs = [p.read_text() for p in tmp_path.glob("*/train.log")]
+    assert all("fp32, 1 thread)" in text for text in logs)  # joblib split the 2 cores between the 2 workers
