@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -49,3 +50,15 @@ def faces_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(256):
         shutil.copy(FACES / f"{i}.jpg", folder / f"{i}.jpg")
     return folder
+
+
+class TinyNet(torch.nn.Module):
+    """A BatchNorm-free classifier for exact multi-process comparisons (BatchNorm statistics are per process)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, **unused: object) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, 8, 3)
+        self.head = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))

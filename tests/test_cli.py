@@ -10,7 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import SMALL, run_cli
+from convlab.errors import ConvlabError
+from convlab.train import train
+from tests.conftest import SMALL, make_cfg, run_cli
 
 
 def one_error_line(proc) -> str:
@@ -86,7 +88,7 @@ def test_eval_reproduces_the_validation_accuracy(demo_run: Path) -> None:
 def test_resume_of_a_finished_run_keeps_its_history(demo_run: Path) -> None:
     before = (demo_run / "metrics.csv").read_text()
     proc = run_cli("train", f"resume={demo_run}", "model=hdc")
-    assert "only device= may change" in one_error_line(proc)
+    assert "only device=" in one_error_line(proc) and "drop: model=hdc" in one_error_line(proc)
     proc = run_cli("train", f"resume={demo_run}")
     assert proc.returncode == 0, proc.stderr
     assert (demo_run / "metrics.csv").read_text() == before
@@ -106,30 +108,57 @@ def test_multirun_sweep_runs_every_job(tmp_path: Path) -> None:
     assert lrs == [1e-3, 1e-3, 1e-2, 1e-2]
 
 
-BAD = [
-    (["train", "model=nope"], "model=nope", "plain_cnn"),
+# Each kind of failure as a user meets it: one line, the bad value, what is allowed, exit code 2.
+BAD_CLI = [
+    (["train", "model=nope"], "model=nope", "plain_cnn"),  # caught before Hydra starts
     (["train", "-m", "model=hdc,nope"], "model=nope", "resnet18"),
     (["train", "data=imagenet"], "data=imagenet", "synthetic"),
-    (["train", "epochs=abc", "data=synthetic"], "epochs='abc'", "integer"),
-    (["train", "batch_size=0", "data=synthetic"], "batch_size=0", ">= 1"),
     (["train", "epoch=3"], "'epoch'", "+epoch=3"),
-    (["train", "optim.lr=fast", "data=synthetic"], "optim.lr='fast'", "number"),
-    (["train", "model.conv_impl=cuda", "data=synthetic"], "conv_impl='cuda'", "torch, manual"),
-    (["train", "device=tpu", "data=synthetic"], "device='tpu'", "cuda:N"),
-    (["train", "data=cifar10", "data.root=/nonexistent", "data.download=false"], "/nonexistent/cifar-10-batches-py", "data=synthetic"),
-    (["train", "model=dcgan", "data=anime_faces", "data.root=/nonexistent"], "/nonexistent", "data.root"),
-    (["train", "model=dcgan", "gan.loss=lsgan", "data=synthetic", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"], "gan.loss='lsgan'", "wgan-gp"),
-    (["eval"], "ckpt=PATH", "run directory"),
-    (["sample", "ckpt=/nonexistent"], "/nonexistent", "run directory"),
-    (["eval", "ckpt=/nonexistent/last.pt"], "/nonexistent/last.pt", "run directory"),
+    (["train", "epochs=abc", "data=synthetic"], "epochs='abc'", "integer"),  # caught inside the job
     (["eval", "ckpt=pyproject.toml"], "pyproject.toml", "not a PyTorch checkpoint"),
+    (["sample", "ckpt=/nonexistent"], "/nonexistent", "run directory"),
 ]
 
 
-@pytest.mark.parametrize("args,names,allowed", BAD, ids=[" ".join(a) for a, _, _ in BAD])
+@pytest.mark.parametrize("args,names,allowed", BAD_CLI, ids=[" ".join(a) for a, _, _ in BAD_CLI])
 def test_bad_input_is_one_clear_line(args: list[str], names: str, allowed: str, tmp_path: Path) -> None:
-    line = one_error_line(run_cli(*args, f"hydra.run.dir={tmp_path}"))
-    assert names in line and allowed in line
+    proc = run_cli(*args, f"hydra.run.dir={tmp_path}")
+    line = one_error_line(proc)
+    assert proc.returncode == 2 and names in line and allowed in line
+
+
+# The same messages from more values, checked in process (they reach the CLI as the lines above).
+BAD_VALUES = [
+    (["batch_size=0"], "batch_size=0", ">= 1"),
+    (["optim.lr=fast"], "optim.lr='fast'", "number"),
+    (["model.conv_impl=cuda"], "conv_impl='cuda'", "torch, manual"),
+    (["device=tpu"], "device='tpu'", "cuda:N"),
+    (["data=cifar10", "data.root=/nonexistent", "data.download=false"], "/nonexistent/cifar-10-batches-py", "data=synthetic"),
+    (["model=dcgan", "data=anime_faces", "data.root=/nonexistent"], "/nonexistent", "data.root"),
+    (["model=dcgan", "gan.loss=lsgan", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"], "gan.loss='lsgan'", "wgan-gp"),
+    (["data.loader=gpu"], "data.loader='gpu'", "dataloader"),
+    (["trainer.precision=fp8"], "trainer.precision='fp8'", "bf16"),
+]
+
+
+@pytest.mark.parametrize("overrides,names,allowed", BAD_VALUES, ids=[" ".join(o) for o, _, _ in BAD_VALUES])
+def test_bad_values_name_themselves(overrides: list[str], names: str, allowed: str, tmp_path: Path) -> None:
+    base = SMALL if not any(o.startswith("data=") for o in overrides) else []
+    with pytest.raises(ConvlabError) as err:
+        train(make_cfg(tmp_path, *base, *overrides))
+    assert names in str(err.value) and allowed in str(err.value) and "\n" not in str(err.value)
+
+
+def test_eval_needs_an_existing_checkpoint(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    from convlab.evaluate import evaluate_checkpoint
+
+    for ckpt, message in ((None, "ckpt=PATH is required"), (tmp_path / "last.pt", "not found")):
+        with initialize_config_module("convlab.conf", version_base="1.3"):
+            cfg = compose("eval", overrides=[f"ckpt={ckpt}"] if ckpt else [])
+        with pytest.raises(ConvlabError, match=message):
+            evaluate_checkpoint(cfg)
 
 
 def test_cuda_on_a_machine_without_it(tmp_path: Path) -> None:

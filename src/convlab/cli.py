@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -22,7 +23,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from convlab import __version__
-from convlab.checkpoint import write_atomic
 from convlab.errors import ConfigError, ConvlabError
 
 log = logging.getLogger("convlab")
@@ -36,6 +36,8 @@ def _in_sweep() -> bool:
 
 def _record_failure(error: BaseException) -> None:
     """Mark the job failed in its summary.json (train() does so itself once it has started)."""
+    from convlab.checkpoint import write_atomic
+
     out = Path(HydraConfig.get().runtime.output_dir)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     if summary.get("status") in (None, "running"):
@@ -84,10 +86,11 @@ def train_main(cfg: DictConfig) -> float | None:
 
     with user_errors(resume_hint=True):
         if cfg.get("resume"):
-            changed = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in ("resume", "device")]
+            allowed = ("resume", "device", "trainer.stop_after", "trainer.devices")
+            changed = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in allowed]
             if changed:
-                raise ConfigError(f"resume= continues a run with its saved config; only device= may change (drop: {' '.join(changed)})")
-        if cfg.device == "auto" and torch.cuda.device_count() > 1:
+                raise ConfigError(f"resume= continues a run with its saved config; only device=, trainer.devices= and trainer.stop_after= may change (drop: {' '.join(changed)})")
+        if cfg.device == "auto" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
             cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"  # parallel sweeps: job i on GPU i mod N
         return train(cfg)["best"]["value"]
     return None
@@ -240,6 +243,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if name == "train":
         args = _resume_run_dir(args)
+        devices = next((a.split("=", 1)[1] for a in args if a.startswith("trainer.devices=")), "1")
+        if "WORLD_SIZE" in os.environ:  # one of several training processes: agree on the run folder first
+            from convlab.distributed import join
+
+            args = join(args)
+        elif devices.isdigit() and int(devices) > 1:
+            from convlab.distributed import launch
+
+            launch(int(devices), [name, *args])
+            return
     sys.argv = [f"convlab-{name}", *args]
     COMMANDS[name][0]()
     from convlab.sweep import last_sweep

@@ -75,8 +75,10 @@ def check_config(cfg: DictConfig) -> None:
     device = cfg.get("device")
     if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
         raise ConfigError(f"device={device!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N, mps")
-    for key in ("log_every", "eval_every"):
+    for key in ("log_every", "eval_every", "devices"):
         require_int(f"trainer.{key}", cfg.trainer.get(key), 1)
+    if cfg.trainer.get("stop_after") is not None:
+        require_int("trainer.stop_after", cfg.trainer.stop_after, 1)
     # Optimizer and scheduler arguments are all numbers (or flags, or lists of numbers).
     for group in ("optim", "sched"):
         for key, value in to_dict(cfg[group]).items():
@@ -87,8 +89,14 @@ def check_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"{group}.{key}={value!r} is not allowed; expected a number")
 
 
-def resolve_device(spec: str) -> torch.device:
-    """Turn `device=auto|cpu|cuda|cuda:N|mps` into a torch.device that exists on this machine."""
+def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
+    """Turn `device=auto|cpu|cuda|cuda:N|mps` into a torch.device that exists on this machine.
+
+    In a multi-process run (`local_rank` given) auto and cuda mean this process's own GPU.
+    """
+    if local_rank is not None and spec in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):

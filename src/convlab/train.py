@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from convlab import distributed
 from convlab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from convlab.config import build, check_config, resolve_device, to_dict
 from convlab.errors import ConfigError
@@ -41,11 +42,11 @@ def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resume_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
-    """The checkpoint's own config and state; the device is this run's, the folder the checkpoint's run."""
+    """The checkpoint's own config and state; the device and session length are this run's, the folder the checkpoint's."""
     path = find_checkpoint(cfg.resume)
     state = load_checkpoint(path)
     saved = OmegaConf.create(state["config"])
-    saved.device, saved.resume = cfg.device, cfg.resume
+    saved.device, saved.resume, saved.trainer.stop_after = cfg.device, cfg.resume, cfg.trainer.stop_after
     saved.out_dir = str(run_dir_of(path) or cfg.out_dir)
     return saved, state
 
@@ -65,21 +66,30 @@ class Run:
 
 
 def setup(cfg: DictConfig, write: bool = True) -> Run:
-    """Build data, task, logger and trainer from a composed config (continuing its checkpoint with resume=)."""
+    """Build data, task, logger and trainer from a composed config (continuing its checkpoint with resume=).
+
+    Under torchrun (WORLD_SIZE > 1) each process trains on its shard of every epoch with
+    DistributedDataParallel; `batch_size` is the global batch, split evenly over the processes.
+    """
     state = None
     if cfg.get("resume"):
         cfg, state = _resume_config(cfg)
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    rank, local_rank, world_size = distributed.world()
+    device = resolve_device(cfg.device, local_rank if world_size > 1 else None)
     if device.type == "cpu":
         keep_freed_memory()
+    if cfg.trainer.sync_bn and device.type != "cuda":
+        raise ConfigError(f"trainer.sync_bn=true needs CUDA devices (SyncBatchNorm has no {device.type} kernels); drop it")
+    if world_size > 1 and cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over {world_size} processes")
     precision, channels_last = resolve_speed_settings(cfg.trainer, device)
     seed_everything(cfg.seed, cfg.deterministic)
     config = to_dict(cfg)
 
     data = build(cfg.data, "data")
     info = data.info
-    loaders = data.loaders(cfg.batch_size, device, seed=cfg.seed)
+    loaders = data.loaders(cfg.batch_size, device, seed=cfg.seed, rank=rank, world_size=world_size)
     steps_per_epoch = len(loaders["train"])
     task = build(
         cfg.task, "task",
@@ -93,12 +103,16 @@ def setup(cfg: DictConfig, write: bool = True) -> Run:
             if not isinstance(cfg.trainer.compile, bool):
                 raise ConfigError(f"trainer.compile={cfg.trainer.compile!r} is not allowed; choose one of: true, false")
             model.compile()
+    if world_size > 1:
+        task.distribute(lambda m: distributed.wrap(m, device, cfg.trainer.sync_bn))
+        torch.manual_seed(cfg.seed + rank)  # same initial weights everywhere, but each rank its own dropout
     out_dir = Path(cfg.out_dir)
-    logger = RunLogger(out_dir, enabled=write, purge_epoch=state["epoch"] + 1 if state else None)
+    logger = RunLogger(out_dir, enabled=write and rank == 0, purge_epoch=state["epoch"] + 1 if state else None)
     meta = {"config": config, "data_info": dataclasses.asdict(info)}
     trainer = Trainer(
         task, loaders, logger, device, cfg.epochs, out_dir, meta,
-        log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format, is_main=write,
+        log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format,
+        stop_after=cfg.trainer.stop_after, rank=rank, world_size=world_size, save=write,
     )  # fmt: skip
     if state:
         trainer.restore(state)
@@ -129,12 +143,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              f"{summary['parameters']:,}", sizes, run.device, task.precision.kind, threads, cfg.out_dir)  # fmt: skip
     try:
         test = trainer.fit()
+        checksums = trainer.replica_checksums() if trainer.world_size > 1 else None
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         logger.write_summary(summary | {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch})
         logger.close()
         raise
     final = trainer.history[-1] if trainer.history else {}
+    if trainer.stopped:
+        summary |= {"status": "stopped", "epochs": trainer.epoch, "best": trainer.best, "final": final}
+        logger.write_summary(summary)
+        logger.close()
+        log.info("stopped after epoch %d of %d (trainer.stop_after); continue with: convlab train resume=%s", trainer.epoch, cfg.epochs, cfg.out_dir)
+        return summary
+    if checksums:
+        summary["ddp"] = {"world_size": trainer.world_size, "param_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1}
     summary |= {
         "status": "ok",
         "epochs": trainer.epoch,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from convlab.checkpoint import CKPT_DIR, copy_atomic, rng_state, save_checkpoint, set_rng_state
+from convlab.distributed import all_reduce, gather
 from convlab.errors import ConvlabError
 from convlab.logging import RunLogger
 from convlab.tasks.base import Task
@@ -53,13 +54,19 @@ class Trainer:
         log_every: int = 50,
         eval_every: int = 1,
         memory_format: torch.memory_format = torch.contiguous_format,
-        is_main: bool = True,
+        stop_after: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        save: bool = True,
     ) -> None:
         self.task, self.loaders, self.logger, self.device = task, loaders, logger, device
-        self.memory_format = memory_format
+        self.memory_format, self.stop_after = memory_format, stop_after
         self.epochs, self.log_every, self.eval_every = epochs, log_every, eval_every
-        self.ckpt_dir, self.meta, self.is_main = Path(out_dir) / CKPT_DIR, meta, is_main
+        self.ckpt_dir, self.meta, self.save = Path(out_dir) / CKPT_DIR, meta, save
+        # Under DDP every rank trains on its shard; rank 0 alone evaluates, logs and saves.
+        self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
         self.epoch, self.history, self.elapsed = 0, [], 0.0
+        self.stopped = False
         metric, mode = task.monitor
         self.best: dict[str, Any] = {"metric": f"val/{metric}", "mode": mode, "value": None, "epoch": None}
         task.attach(loaders)
@@ -68,21 +75,27 @@ class Trainer:
         """Continue from a checkpoint: weights, optimizers, schedules, RNGs, history, best, time."""
         self.task.load_state_dict(state["task"])
         self.task.precision.load_state_dict(state["precision"])
-        set_rng_state(state["rng"])
+        rngs = state["rng"]  # one per rank; a run resumed on another number of processes takes rank 0's
+        set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best, self.elapsed = dict(state["best"]), state["elapsed"]
 
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs, then evaluate on the test split; returns the final results."""
-        if self.epoch == 0:
+        """Train the remaining epochs, then evaluate on the test split; returns the final results.
+
+        With `stop_after=k`, the session ends after k epochs (checkpointed, `stopped` set, no
+        test pass), for `resume=` to continue: a cluster job's time limit, say.
+        """
+        if self.epoch == 0 and self.is_main:
             self._log_real_images()
+        first = self.epoch
         for epoch in range(self.epoch + 1, self.epochs + 1):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.task.scalars()}
             train_metrics, perf = self.train_epoch(epoch)
             row |= _prefixed("train", train_metrics)
             images: dict[str, torch.Tensor] = {}
-            if epoch % self.eval_every == 0 or epoch == self.epochs:
+            if self.is_main and (epoch % self.eval_every == 0 or epoch == self.epochs):
                 val = self.task.evaluate(self._on_device("val"))
                 images = val.pop("images", {})
                 row |= _prefixed("val", val)
@@ -93,9 +106,19 @@ class Trainer:
             self.logger.log_images(images, epoch, per_epoch=True)
             self.epoch = epoch
             self._checkpoint(self._improved(row))
+            if self.stop_after and epoch - first >= self.stop_after and epoch < self.epochs:
+                self.stopped = True
+                return {}
+        if not self.is_main:
+            return {}
         test = self.task.evaluate(self._on_device("test"), final=True)
         self.logger.log_final(self.epochs, "test", test)
         return test
+
+    def replica_checksums(self) -> list[float]:
+        """Each rank's sum of all parameters: equal on every rank when DDP kept the replicas in sync."""
+        local = sum(p.detach().double().sum().item() for m in self.task.models.values() for p in m.parameters())
+        return gather(local)
 
     def _log_real_images(self) -> None:
         """A grid of training images as the model sees them, once at the start of a run."""
@@ -146,15 +169,20 @@ class Trainer:
         means = self._means(sums, counts, bad_step, epoch)  # waits for the device
         end = time.perf_counter()
         rate = timed / (end - timed_start) if timed else seen / (end - start)
-        return means, {"perf/images_per_s": rate, "perf/epoch_s": end - start, "perf/first_step_s": first_step_s}
+        # Every rank trains its equal shard at the same time: the run's rate is world_size times one rank's.
+        return means, {"perf/images_per_s": rate * self.world_size, "perf/epoch_s": end - start, "perf/first_step_s": first_step_s}
 
     def _means(self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int) -> dict[str, float]:
-        means = {k: (v / counts[k]).item() for k, v in sums.items()}
-        if bad_step.item():
-            bad = ", ".join(f"train/{k} = {v}" for k, v in means.items() if not math.isfinite(v))
+        """Averages over all ranks' batches so far; stops the run at the first NaN/Inf any rank saw."""
+        keys = list(sums)
+        totals = all_reduce(torch.stack([sums[k] for k in keys] + [torch.tensor(float(counts[k]), device=self.device) for k in keys]))
+        means = {k: (totals[i] / totals[len(keys) + i]).item() for i, k in enumerate(keys)}
+        bad = all_reduce(bad_step, op="max").item()  # the first bad step of whichever rank met one
+        if bad:
+            values = ", ".join(f"train/{k} = {v}" for k, v in means.items() if not math.isfinite(v))
             last = self.ckpt_dir / "last.pt"
             kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch else "no checkpoint was written yet"
-            raise ConvlabError(f"training diverged in epoch {epoch} at step {bad_step.item()}: {bad}; {kept}")
+            raise ConvlabError(f"training diverged in epoch {epoch} at step {bad}: {values}; {kept}")
         return means
 
     def _improved(self, row: dict[str, Any]) -> bool:
@@ -169,13 +197,14 @@ class Trainer:
 
     def _checkpoint(self, improved: bool) -> None:
         """last.pt every epoch; best.pt whenever the monitored validation metric improved."""
-        if not self.is_main:
+        rngs = gather(rng_state())  # every rank's, so a resumed DDP run draws what it would have drawn
+        if not (self.is_main and self.save):
             return
         state = {
             "epoch": self.epoch,
             "task": self.task.state_dict(),
             "precision": self.task.precision.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs,
             "history": self.history,
             "best": self.best,
             "elapsed": self.elapsed,

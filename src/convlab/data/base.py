@@ -107,9 +107,12 @@ class ImageDataset(ABC):
     def loaders(self, batch_size: int, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
         """Loaders of the three splits: train shuffled, cropped and flipped; val and test as they are.
 
-        `data.loader=device` keeps the images on `device` (TensorLoader); `dataloader` builds
-        batches in worker processes (ArrayDataLoader); `auto` picks device when all splits take
-        less than half the device's free memory (always on a CPU: the arrays are in RAM anyway).
+        `batch_size` is the global batch: with `world_size` processes each rank's train loader
+        yields its shard in batches of batch_size / world_size; val and test are not sharded
+        (rank 0 evaluates them whole). `data.loader=device` keeps the images on `device`
+        (TensorLoader); `dataloader` builds batches in worker processes (ArrayDataLoader); `auto`
+        picks device when all splits take less than half the device's free memory (always on a
+        CPU: the arrays are in RAM anyway).
         """
         splits = self.splits()
         nbytes = sum(x.numel() for x, _ in {id(v): v for v in splits.values()}.values())  # val may be test
@@ -123,10 +126,11 @@ class ImageDataset(ABC):
             train = split == "train"
             common = dict(
                 mean=self.mean, std=self.std, shuffle=train, drop_last=train, crop_padding=self.crop_padding if train else 0,
-                flip=self.flip and train, seed=seed, rank=rank, world_size=world_size,
+                flip=self.flip and train, seed=seed, rank=rank if train else 0, world_size=world_size if train else 1,
             )  # fmt: skip
+            batch = batch_size // world_size if train else batch_size
             if mode == "device":
-                result[split] = TensorLoader(x, y, batch_size, device=device, **common)
+                result[split] = TensorLoader(x, y, batch, device=device, **common)
             else:
-                result[split] = ArrayDataLoader(x, y, batch_size, workers=self.workers, pin_memory=device.type == "cuda", **common)
+                result[split] = ArrayDataLoader(x, y, batch, workers=self.workers, pin_memory=device.type == "cuda", **common)
         return result

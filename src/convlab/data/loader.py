@@ -110,6 +110,8 @@ class TensorLoader:
         g = torch.Generator(device=dev).manual_seed(epoch_seed(self.seed, self.epoch))
         n = len(self.labels)
         idx = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
+        if self.world_size > 1:  # every rank shares the permutation, but draws its own crops and flips
+            g = torch.Generator(device=dev).manual_seed(epoch_seed(self.seed, self.epoch) * self.world_size + self.rank)
         idx = idx[self.rank : self._per_rank() * self.world_size : self.world_size]
         augment = self.crop_padding > 0 or self.flip
         for b in range(len(self)):

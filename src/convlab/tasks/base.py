@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -26,8 +26,9 @@ class Task(ABC):
     """Owns model(s), optimizer(s) and schedule(s); steps on a batch and evaluates a loader.
 
     Subclasses fill `models`, `optimizers` and `schedulers` (dicts by name), so saving,
-    loading, mode switches and parameter counts work here for every task, and run forward
-    passes under `self.precision.autocast()` and updates through `self.precision.backward_step`.
+    loading, mode switches and parameter counts work here for every task. Training steps call
+    `self.train_model(name)` (the DDP wrapper when there is one), run forward passes under
+    `self.precision.autocast()` and update through `self.precision.backward_step`.
     `monitor` names the validation metric (and "max"/"min") that picks `best.pt`.
     """
 
@@ -38,6 +39,15 @@ class Task(ABC):
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, Optimizer] = {}
         self.schedulers: dict[str, LRScheduler] = {}
+        self.wrapped: dict[str, nn.Module] = {}  # set by distribute(): what train_step calls under DDP
+
+    def train_model(self, name: str) -> nn.Module:
+        """The model `name` as training steps should call it (DDP-wrapped in multi-process runs)."""
+        return self.wrapped.get(name, self.models[name])
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Wrap every model for data-parallel training; evaluation keeps using the bare models."""
+        self.wrapped = {name: wrap(m) for name, m in self.models.items()}
 
     @abstractmethod
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:

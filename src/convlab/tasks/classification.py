@@ -45,7 +45,7 @@ class ClassificationTask(Task):
         """Forward, cross-entropy, backward, optimizer and schedule step."""
         x, y = batch
         with self.precision.autocast():
-            logits = self.model(x)
+            logits = self.train_model("model")(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward_step(loss, self.optimizer)

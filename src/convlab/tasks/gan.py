@@ -121,12 +121,12 @@ class GANTask(Task):
         """One D update; every d_steps-th call also one G update."""
         real = batch[0]
         z = torch.randn(real.size(0), self.G.z_dim, device=real.device)
-        amp = self.precision
+        amp, G, D = self.precision, self.train_model("generator"), self.train_model("discriminator")
         with amp.autocast():
-            fake = self.G(z)
+            fake = G(z)
 
             # (1) Update D: real images -> 1, generated images (detached from G) -> 0.
-            d_real, d_fake = self.D(real), self.D(fake.detach())
+            d_real, d_fake = D(real), D(fake.detach())
             loss_d = d_loss(self.loss, d_real.float(), d_fake.float())
             if self.loss == "wgan-gp":
                 loss_d = loss_d + self.gp_weight * gradient_penalty(self.D, real, fake.detach())
@@ -140,7 +140,7 @@ class GANTask(Task):
         self.steps += 1
         if self.steps % self.d_steps == 0:
             with amp.autocast():
-                loss_g = g_loss(self.loss, self.D(fake).float())
+                loss_g = g_loss(self.loss, D(fake).float())
             opt_g = self.optimizers["generator"]
             opt_g.zero_grad(set_to_none=True)
             amp.backward_step(loss_g, opt_g)

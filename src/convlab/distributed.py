@@ -1,0 +1,74 @@
+"""Several processes, one per device, with torch.distributed: started by torchrun or by trainer.devices=N.
+
+convlab reads the usual torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+The process group is joined before Hydra starts, so rank 0 can hand every rank the same run
+folder: Hydra's ${now:...} resolved in each process would otherwise give each rank its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this process; (0, 0, 1) without torchrun."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def join(args: list[str]) -> list[str]:
+    """Join the process group and return `args` with the run folder that rank 0 chose for everyone.
+
+    Ranks other than 0 write no .hydra folder or log file and show only warnings and errors.
+    """
+    rank, _, size = world()
+    if "-m" in args or "--multirun" in args:
+        sys.exit("error: -m sweeps run one process per job; start several processes per job with a launcher, not around a sweep")
+    if not dist.is_initialized():
+        # One group for both: gloo for CPU objects (like the folder name), NCCL for CUDA tensors.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    now = [datetime.now().strftime("%Y-%m-%d/%H-%M-%S")]
+    dist.broadcast_object_list(now, src=0)
+    extra = [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir=outputs/{now[0]}"]
+    if rank:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=quiet"]
+    return [*args, *extra]
+
+
+def launch(nproc: int, argv: list[str]) -> None:
+    """Start `convlab ARGV` in `nproc` processes on this machine with torch.distributed's launcher (torchrun)."""
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "convlab", *argv])
+    except Exception as e:  # a worker failed; its own error is already on the terminal
+        sys.exit(f"error: a training process failed ({type(e).__name__})")
+
+
+def wrap(module: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+    """A model ready for data-parallel training: SyncBatchNorm if asked, inside DistributedDataParallel."""
+    if sync_bn:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # keeps the Parameter objects
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """The elementwise sum (or max) over ranks; the tensor itself when training in one process."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values, dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return values
+
+
+def gather(obj: object) -> list:
+    """Every rank's `obj`, in rank order (a list of one in a single process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
