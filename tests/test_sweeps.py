@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
@@ -92,3 +93,28 @@ def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
     assert a0 < b1 and b0 < a1  # the two jobs overlapped in time
     logs = [p.read_text() for p in tmp_path.glob("*/train.log")]
     assert all("fp32, 1 thread)" in text for text in logs)  # joblib split the 2 cores between the 2 workers
+
+
+def test_submitit_local_sweep_keeps_its_summary(tmp_path: Path) -> None:
+    # Two jobs through submitit, each with two tasks: one DDP process per task, as on SLURM.
+    args = ["optim.lr=0.1,0.2", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "model._target_=tests.conftest.TinyNet"]
+    proc = run_cli("train", "-m", *args, *TINY, "epochs=1", "device=cpu", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [(r["optim.lr"], r["status"]) for r in rows] == [("0.1", "ok"), ("0.2", "ok")]
+    assert (tmp_path / ".submitit").is_dir()  # the jobs really went through submitit
+    for summary in tmp_path.glob("*/summary.json"):
+        ddp = json.loads(summary.read_text())["ddp"]
+        assert ddp["world_size"] == 2 and ddp["replicas_in_sync"]
+
+
+def test_optuna_search_reports_its_best_trial(tmp_path: Path) -> None:
+    proc = run_cli("train", "-m", "+search=lr_wd", "hydra.sweeper.n_trials=4", *TINY, "epochs=1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert len(rows) == 4 and {"optim.lr", "optim.weight_decay"} <= set(rows[0])
+    assert results["best_value"] == max(float(r["best val/acc"]) for r in rows)
+    best = yaml.safe_load((tmp_path / "best_config.yaml").read_text())
+    assert best["optim"]["lr"] == pytest.approx(results["best_params"]["optim.lr"])
+    assert "best:" in proc.stdout and "best_config.yaml" in proc.stdout

@@ -20,14 +20,18 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from convlab import __version__
 from convlab.errors import ConfigError, ConvlabError
 
 log = logging.getLogger("convlab")
+# Sweep job folders are named by their overrides (conf/train.yaml); long ones are cut to stay valid names.
+OmegaConf.register_new_resolver("convlab_cut", lambda text, n: str(text)[: int(n)], replace=True)
 CONF = "pkg://convlab.conf"
-GROUPS = ("model", "data", "optim", "sched", "task", "experiment")
+GROUPS = ("model", "data", "optim", "sched", "task", "experiment", "search")
+# Hydra plugins behind optional extras: name in a "Could not find" message -> the extra that installs it.
+PLUGIN_EXTRAS = {"optuna": "tune", "submitit": "cluster", "joblib": "parallel"}
 
 
 def _in_sweep() -> bool:
@@ -82,8 +86,10 @@ def train_main(cfg: DictConfig) -> float | None:
     """`convlab train`: one run, or one job of a -m sweep."""
     import torch
 
+    from convlab.distributed import join_submitit_job
     from convlab.train import train
 
+    join_submitit_job()
     with user_errors(resume_hint=True):
         if cfg.get("resume"):
             allowed = ("resume", "device", "trainer.stop_after", "trainer.devices")
@@ -198,7 +204,9 @@ def preflight(config_name: str, args: list[str]) -> None:
     except Exception as e:
         text = str(e) or f"{type(e).__name__}: {e.__cause__ or e.__context__}"
         lines = [line.strip() for line in text.splitlines() if line.strip()]
-        raise ConfigError(" ".join(lines[:2])) from None
+        extra = next((x for name, x in PLUGIN_EXTRAS.items() if "Could not find" in text and name in text), None)
+        hint = f"; the Hydra plugin comes with pip install -e \".[{extra}]\"" if extra else ""
+        raise ConfigError(" ".join(lines[:2]) + hint) from None
 
 
 def _resume_run_dir(args: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ folder: Hydra's ${now:...} resolved in each process would otherwise give each ra
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import datetime
@@ -38,6 +39,27 @@ def join(args: list[str]) -> list[str]:
     if rank:
         extra += ["hydra.output_subdir=null", "hydra/job_logging=quiet"]
     return [*args, *extra]
+
+
+def join_submitit_job() -> None:
+    """Inside a submitit job of several tasks (SLURM tasks_per_node > 1): one DDP process per task.
+
+    The launcher already gave every task the same run folder; here each task learns its rank
+    from submitit, joins the group, and ranks other than 0 keep their log lines to warnings.
+    """
+    if not os.environ.get("SUBMITIT_EXECUTOR") or "WORLD_SIZE" in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks <= 1:
+        return
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_rank():
+        root = logging.getLogger()
+        root.setLevel(logging.WARNING)
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
 
 
 def launch(nproc: int, argv: list[str]) -> None:

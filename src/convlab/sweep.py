@@ -6,6 +6,7 @@ process that started the sweep, after every job has ended; it reads the jobs' fo
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from convlab.checkpoint import write_atomic
-from convlab.runs import find_runs, table, to_csv, to_markdown
+from convlab.runs import RunRecord, find_runs, table, to_csv, to_markdown
 
 # Jobs of the last sweep in this process that did not end "ok" (the CLI's exit code reads it).
 last_sweep = {"jobs": 0, "failed": 0}
@@ -35,3 +36,18 @@ class SweepSummary(Callback):
         failed = sum(r.status != "ok" for r in runs)
         last_sweep.update(jobs=len(runs), failed=failed)
         print(f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n(also in summary.md and summary.csv)")
+        best = best_run(runs)
+        if best is not None:
+            shutil.copyfile(best.path / ".hydra" / "config.yaml", sweep_dir / "best_config.yaml")
+            b = best.summary["best"]
+            print(f"best: {best.label} ({best.path.name}) with {b['metric']} {b['value']:.4f}; its config: {sweep_dir / 'best_config.yaml'}")
+
+
+def best_run(runs: list[RunRecord]) -> RunRecord | None:
+    """The finished run with the best monitored validation value (highest or lowest, as it asks)."""
+    scored = [r for r in runs if r.status == "ok" and (r.summary.get("best") or {}).get("value") is not None]
+    scored = [r for r in scored if (r.path / ".hydra" / "config.yaml").is_file()]
+    if not scored:
+        return None
+    sign = 1 if scored[0].summary["best"]["mode"] == "max" else -1
+    return max(scored, key=lambda r: sign * r.summary["best"]["value"])
