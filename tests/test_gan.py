@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from convlab.checkpoint import load_checkpoint
 from convlab.config import build
 from convlab.errors import ConfigError
+from convlab.evaluate import sample_checkpoint
 from convlab.models.dcgan import DCGAN, Discriminator
 from convlab.tasks.gan import GANTask, d_loss, g_loss, gradient_penalty
 from convlab.train import train
@@ -180,8 +182,12 @@ def test_cli_gan_run_and_sample(tmp_path: Path, faces_256: Path) -> None:
     proc = run_cli("sample", f"ckpt={run}", "n=16", f"out={tmp_path / 'grid.png'}", "seed=3")
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "grid.png").size == (2 + 4 * 34, 2 + 4 * 34)  # 4×4 grid of 32-px images
-    proc = run_cli("sample", f"ckpt={run / 'checkpoints' / 'last.pt'}", "n=5", f"out={tmp_path / 'each'}/")
-    assert proc.returncode == 0 and sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"sample_000{i}.png" for i in range(5)]
+    # The other two forms in process (the same code path, without another interpreter start).
+    with initialize_config_module("convlab.conf", version_base="1.3"):
+        each = compose("sample", overrides=[f"ckpt={run / 'checkpoints' / 'last.pt'}", "n=5", f"out={tmp_path / 'each'}/"])
+        strip = compose("sample", overrides=[f"ckpt={run}", "n=7", "interpolate=true", f"out={tmp_path / 'strip.png'}"])
+    sample_checkpoint(each)
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"sample_000{i}.png" for i in range(5)]
     assert Image.open(tmp_path / "each" / "sample_0000.png").size == (32, 32)
-    proc = run_cli("sample", f"ckpt={run}", "n=7", "interpolate=true", f"out={tmp_path / 'strip.png'}")
-    assert proc.returncode == 0 and Image.open(tmp_path / "strip.png").size == (2 + 7 * 34, 36)
+    sample_checkpoint(strip)
+    assert Image.open(tmp_path / "strip.png").size == (2 + 7 * 34, 36)

@@ -21,7 +21,7 @@ def keep_freed_memory() -> bool:
     glibc serves allocations above its mmap threshold (32 MiB at most by default) with fresh
     mmap()s and unmaps them when freed, so every step re-faults the pages of its activations
     (plain_cnn at batch 128: 44 MB per layer). Raising the mmap and trim thresholds to 1 GiB
-    keeps freed blocks for reuse: +45 % images/s for plain_cnn on 2 cores (docs/BENCHMARKS.md),
+    keeps freed blocks for reuse: +30 % images/s for plain_cnn on 2 cores (docs/BENCHMARKS.md),
     for a resident size that stays at its peak. Returns whether the setting took effect.
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
