@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from convlab.errors import ConvlabError
 from convlab.train import train
-from tests.conftest import SMALL, make_cfg, run_cli
+from tests.conftest import REPO, SMALL, make_cfg, run_cli
 
 
 def one_error_line(proc) -> str:
@@ -125,6 +127,23 @@ def test_bad_input_is_one_clear_line(args: list[str], names: str, allowed: str, 
     proc = run_cli(*args, f"hydra.run.dir={tmp_path}")
     line = one_error_line(proc)
     assert proc.returncode == 2 and names in line and allowed in line
+
+
+# What each optional Hydra plugin's override says when that plugin is not installed (hidden here).
+MISSING_PLUGINS = [
+    ("hydra/launcher=parallel", "hydra_joblib_launcher", "joblib", "[parallel]"),
+    ("hydra/launcher=slurm", "hydra_submitit_launcher", "submitit", "[cluster]"),
+    ("+search=lr_wd", "hydra_optuna_sweeper", "optuna", "[tune]"),
+]
+
+
+@pytest.mark.parametrize("override,module,plugin,extra", MISSING_PLUGINS, ids=[m[0] for m in MISSING_PLUGINS])
+def test_missing_plugin_names_its_extra(override: str, module: str, plugin: str, extra: str) -> None:
+    hide = f"import sys; sys.modules['hydra_plugins.{module}'] = None; sys.modules['hydra_plugins.{module}.config'] = None"
+    code = f"{hide}; from convlab.cli import main; main(['train', '-m', '{override}', 'data=synthetic'])"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    line = one_error_line(proc)
+    assert proc.returncode == 2 and line == f"error: {override} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".{extra}\""
 
 
 # The same messages from more values, checked in process (they reach the CLI as the lines above).

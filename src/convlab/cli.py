@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -203,10 +204,13 @@ def preflight(config_name: str, args: list[str]) -> None:
             compose(config_name, overrides=first_job)
     except Exception as e:
         text = str(e) or f"{type(e).__name__}: {e.__cause__ or e.__context__}"
+        missing = re.search(r"Could not (?:find|load) 'hydra/(?:launcher|sweeper)/(joblib|submitit|optuna)(?:_local|_slurm)?'", text)
+        if missing:  # an optional Hydra plugin (launcher or sweeper) that is not installed
+            plugin = missing.group(1)
+            asked = next((a for a in first_job if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin)
+            raise ConfigError(f"{asked} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".[{PLUGIN_EXTRAS[plugin]}]\"") from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
-        extra = next((x for name, x in PLUGIN_EXTRAS.items() if "Could not find" in text and name in text), None)
-        hint = f"; the Hydra plugin comes with pip install -e \".[{extra}]\"" if extra else ""
-        raise ConfigError(" ".join(lines[:2]) + hint) from None
+        raise ConfigError(" ".join(lines[:2])) from None
 
 
 def _resume_run_dir(args: list[str]) -> list[str]:
