@@ -157,6 +157,8 @@ BAD_VALUES = [
     (["model=dcgan", "gan.loss=lsgan", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"], "gan.loss='lsgan'", "wgan-gp"),
     (["data.loader=gpu"], "data.loader='gpu'", "dataloader"),
     (["trainer.precision=fp8"], "trainer.precision='fp8'", "bf16"),
+    (["sched=onecycle", "epochs=1", "data.num_train=100"], "sched=onecycle needs at least 8 optimizer steps", "sched=cosine"),  # 1 step
+    (["sched.warmup_epochs=-1"], "sched.warmup_epochs=-1", ">= 0"),
 ]
 
 
@@ -184,6 +186,9 @@ def test_cuda_on_a_machine_without_it(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     proc = run_cli("train", "device=cuda", "data=synthetic", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "device=cuda: CUDA is not available" in one_error_line(proc)
+    # Several processes: still one line, said once before any process starts.
+    proc = run_cli("train", "trainer.devices=2", "device=cuda", "data=synthetic", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "device=cuda: CUDA is not available" in one_error_line(proc)
 
 

@@ -64,7 +64,9 @@ def test_cache_is_reused_then_rebuilt_when_the_folder_changes(faces: Path, tmp_p
     assert calls["n"] == 81 and len(third) == 41
     assert len(list(cache.glob("*.npy"))) == 1  # the stale cache of this folder was replaced
     AnimeFaces(root=str(faces), image_size=16, cache_dir=str(cache)).load()
-    assert calls["n"] == 122  # another image size is another cache
+    assert calls["n"] == 122 and len(list(cache.glob("*.npy"))) == 2  # another image size is another cache
+    AnimeFaces(root=str(faces), image_size=32, cache_dir=str(cache)).load()
+    assert calls["n"] == 122  # switching back reuses the 32-pixel cache
 
 
 def test_unreadable_files_are_skipped_and_counted_once(faces: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -88,3 +90,12 @@ def test_missing_empty_and_unreadable_folders(tmp_path: Path) -> None:
     (tmp_path / "junk" / "a.jpg").write_text("nope")
     with pytest.raises(ConvlabError, match="none of the 1 image files"):
         AnimeFaces(root=str(tmp_path / "junk"), cache_dir=str(tmp_path / "c")).load()
+
+
+def test_a_classifier_refuses_unlabelled_faces(faces_256: Path, tmp_path: Path) -> None:
+    from convlab.train import train
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg(tmp_path, "model=plain_cnn", "data=anime_faces", f"data.root={faces_256}", f"data.cache_dir={tmp_path}", "data.image_size=32")
+    with pytest.raises(ConvlabError, match=r"model=plain_cnn is a classifier, but the data has 1 class \(face\).*model=dcgan"):
+        train(cfg)

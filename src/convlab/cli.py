@@ -261,8 +261,13 @@ def main(argv: list[str] | None = None) -> None:
 
             args = join(args)
         elif devices.isdigit() and int(devices) > 1:
-            from convlab.distributed import launch
+            from convlab.distributed import check_devices, launch
 
+            try:  # an unavailable device is one line here, not one per process
+                check_devices(next((a.split("=", 1)[1] for a in args if a.startswith("device=")), "auto"), int(devices))
+            except ConvlabError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
             launch(int(devices), [name, *args])
             return
     sys.argv = [f"convlab-{name}", *args]

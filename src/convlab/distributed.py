@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from convlab.errors import ConvlabError
+
 
 def world() -> tuple[int, int, int]:
     """(rank, local rank, world size) of this process; (0, 0, 1) without torchrun."""
@@ -60,6 +62,15 @@ def join_submitit_job() -> None:
         root.setLevel(logging.WARNING)
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)
+
+
+def check_devices(spec: str, nproc: int) -> None:
+    """Fail before starting `nproc` processes when `device=spec` does not exist or has too few GPUs."""
+    from convlab.config import resolve_device
+
+    device = resolve_device(spec)
+    if device.type == "cuda" and ":" not in spec and nproc > torch.cuda.device_count():
+        raise ConvlabError(f"trainer.devices={nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); use at most that many, or device=cpu")
 
 
 def launch(nproc: int, argv: list[str]) -> None:

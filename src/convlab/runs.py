@@ -140,10 +140,10 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
 
 
 def to_csv(rows: list[dict[str, str]]) -> str:
-    """The same rows as CSV."""
+    """The same rows as CSV, numbers without thousands separators so spreadsheets read them."""
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
-        w.writerows(rows)
+        w.writerows([row | {"parameters": row["parameters"].replace(",", "")} for row in rows])
     return buf.getvalue()

@@ -68,7 +68,7 @@ class AnimeFaces(ImageDataset):
             st = f.stat()
             h.update(f"{f.relative_to(self.root)}|{st.st_size}|{st.st_mtime_ns};".encode())
         folder = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        return self.cache_dir / f"anime_faces-{folder}-{h.hexdigest()[:16]}.npy"
+        return self.cache_dir / f"anime_faces-{folder}-{self.image_size}px-{h.hexdigest()[:16]}.npy"
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         """Decoded images from the cache, decoding the folder first when the cache is missing or stale."""
@@ -92,7 +92,7 @@ class AnimeFaces(ImageDataset):
         images = np.stack([im for im in decoded if im is not None])
         log.info("anime_faces: decoded %d images from %s", len(images), self.root)
         try:
-            # Older caches of this folder are stale now: drop them, then write the new one atomically.
+            # Older caches of this folder at this size are stale now (other sizes stay): drop them, then write atomically.
             cache.parent.mkdir(parents=True, exist_ok=True)
             for old in cache.parent.glob(cache.name.rsplit("-", 1)[0] + "-*.npy"):
                 old.unlink()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from convlab.config import build
 from convlab.data.base import DataInfo
+from convlab.errors import ConfigError
 from convlab.perf import Precision
 from convlab.tasks.base import Task
 
@@ -32,6 +33,8 @@ class ClassificationTask(Task):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(precision)
+        if info.num_classes < 2:
+            raise ConfigError(f"model={model.get('name')} is a classifier, but the data has {info.num_classes} class ({', '.join(info.class_names)}); use a labelled dataset, or model=dcgan to generate images")
         self.info, self.label_smoothing = info, label_smoothing
         self.model = build(model, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size)
         self.model.to(device)
