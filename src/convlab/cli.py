@@ -204,7 +204,7 @@ def preflight(config_name: str, args: list[str]) -> None:
             compose(config_name, overrides=first_job)
     except Exception as e:
         text = str(e) or f"{type(e).__name__}: {e.__cause__ or e.__context__}"
-        missing = re.search(r"Could not (?:find|load) 'hydra/(?:launcher|sweeper)/(joblib|submitit|optuna)(?:_local|_slurm)?'", text)
+        missing = re.search(rf"Could not (?:find|load) 'hydra/(?:launcher|sweeper)/({'|'.join(PLUGIN_EXTRAS)})(?:_local|_slurm)?'", text)
         if missing:  # an optional Hydra plugin (launcher or sweeper) that is not installed
             plugin = missing.group(1)
             asked = next((a for a in first_job if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin)
