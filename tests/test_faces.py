@@ -13,6 +13,8 @@ from PIL import Image
 from convlab.data import anime_faces
 from convlab.data.anime_faces import AnimeFaces
 from convlab.errors import ConvlabError
+from convlab.train import train
+from tests.conftest import make_cfg
 
 
 @pytest.fixture
@@ -93,9 +95,6 @@ def test_missing_empty_and_unreadable_folders(tmp_path: Path) -> None:
 
 
 def test_a_classifier_refuses_unlabelled_faces(faces_256: Path, tmp_path: Path) -> None:
-    from convlab.train import train
-    from tests.conftest import make_cfg
-
     cfg = make_cfg(tmp_path, "model=plain_cnn", "data=anime_faces", f"data.root={faces_256}", f"data.cache_dir={tmp_path}", "data.image_size=32")
     with pytest.raises(ConvlabError, match=r"model=plain_cnn is a classifier, but the data has 1 class \(face\).*model=dcgan"):
         train(cfg)

@@ -213,11 +213,16 @@ def preflight(config_name: str, args: list[str]) -> None:
         raise ConfigError(" ".join(lines[:2])) from None
 
 
+def _value(args: list[str], key: str, default: str | None) -> str | None:
+    """The value of the command-line override `key=VALUE`, or `default` when it is not given."""
+    return next((a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")), default)
+
+
 def _resume_run_dir(args: list[str]) -> list[str]:
     """`resume=RUN` writes into RUN itself (not a new folder) and keeps RUN's own .hydra config."""
     from convlab.checkpoint import run_dir_of
 
-    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    resume = _value(args, "resume", None)
     if not resume or any(a.startswith("hydra.run.dir=") for a in args):
         return args
     p = Path(resume)
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if name == "train":
         args = _resume_run_dir(args)
-        devices = next((a.split("=", 1)[1] for a in args if a.startswith("trainer.devices=")), "1")
+        devices = _value(args, "trainer.devices", "1")
         if "WORLD_SIZE" in os.environ:  # one of several training processes: agree on the run folder first
             from convlab.distributed import join
 
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             from convlab.distributed import check_devices, launch
 
             try:  # an unavailable device is one line here, not one per process
-                check_devices(next((a.split("=", 1)[1] for a in args if a.startswith("device=")), "auto"), int(devices))
+                check_devices(_value(args, "device", "auto"), int(devices))
             except ConvlabError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)
