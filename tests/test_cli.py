@@ -90,7 +90,7 @@ def test_eval_reproduces_the_validation_accuracy(demo_run: Path) -> None:
 def test_resume_of_a_finished_run_keeps_its_history(demo_run: Path) -> None:
     before = (demo_run / "metrics.csv").read_text()
     proc = run_cli("train", f"resume={demo_run}", "model=hdc")
-    assert "only device=" in one_error_line(proc) and "drop: model=hdc" in one_error_line(proc)
+    assert "model.name (saved 'plain_cnn', given 'hdc')" in one_error_line(proc) and "only device=" in one_error_line(proc)
     proc = run_cli("train", f"resume={demo_run}")
     assert proc.returncode == 0, proc.stderr
     assert (demo_run / "metrics.csv").read_text() == before

@@ -16,7 +16,7 @@ from convlab.data import cifar10
 from convlab.data.cifar10 import CIFAR10
 from convlab.data.loader import TensorLoader, apply_crops, draw_crops
 from convlab.data.synthetic import Synthetic, generate
-from convlab.errors import ConfigError, ConvlabError
+from convlab.errors import ConvlabError
 from tests.conftest import make_cfg
 
 
@@ -45,12 +45,6 @@ def test_validation_split_is_fixed_and_disjoint() -> None:
     assert torch.equal(va, b.splits()["val"][0])
     flat_val, flat_train = {bytes(img.numpy()) for img in va}, {bytes(img.numpy()) for img in tr}
     assert not flat_val & flat_train
-
-
-@pytest.mark.parametrize("bad", [0, 1, 1.5, "a"])
-def test_val_fraction_is_checked(bad: object) -> None:
-    with pytest.raises(ConfigError, match="data.val_fraction"):
-        Synthetic(val_fraction=bad)
 
 
 def _loader(n: int = 103, **kw: object) -> TensorLoader:

@@ -6,12 +6,14 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from convlab.checkpoint import load_checkpoint
 from convlab.train import train
+from convlab.trust import TRUST_ENV
 from tests.conftest import REPO, make_cfg, run_cli
 
 # No augmentation: then the two processes' half batches together are exactly the one-process
@@ -20,6 +22,14 @@ COMMON = [
     "data=synthetic", "data.num_train=320", "data.num_test=64", "data.augment.flip=false", "batch_size=32",
     "epochs=3", "device=cpu", "model._target_=tests.conftest.TinyNet", "optim.lr=0.2",
 ]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def trust_tinynet() -> Iterator[None]:
+    """TinyNet is named on the command line, not in conf/: reading its checkpoints back needs the user's say-so."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv(TRUST_ENV, "tests.conftest.TinyNet")
+        yield
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

@@ -20,9 +20,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from convlab.config import build, require_int
+from convlab.config import build
 from convlab.errors import ConvlabError
 from convlab.perf import Precision
+from convlab.schema import validate
 from convlab.tasks.classification import ClassificationTask
 from convlab.train import Run, setup
 from convlab.trainer import sync
@@ -83,7 +84,8 @@ def _timed(step: Callable[[], int], warmup: int, steps: int, device: torch.devic
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Measure the three loops `cfg.bench.repeats` times, interleaved; returns medians, spreads and ratios."""
     b = cfg.bench
-    steps, warmup, repeats = (require_int(f"bench.{k}", b[k], m) for k, m in (("steps", 2), ("warmup", 1), ("repeats", 1)))
+    validate(cfg, "bench")
+    steps, warmup, repeats = b.steps, b.warmup, b.repeats
     workers = b.workers if b.workers is not None else os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         with open_dict(cfg):

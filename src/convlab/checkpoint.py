@@ -12,27 +12,55 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
+from convlab import trust
 from convlab.errors import ConvlabError
 
 FORMAT = "convlab-checkpoint/1"
 CKPT_DIR = "checkpoints"
+TMP_SUFFIX = ".tmp"
+# What every convlab checkpoint holds, by type; loaded files that differ are refused.
+LAYOUT = {"config": dict, "data_info": dict, "task": dict, "epoch": int, "history": list, "best": dict, "elapsed": (float, int), "rng": list, "precision": dict}
+# torch.load's advice around the reason it refused a file (the advice is to trust the file: not ours to give).
+TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "In PyTorch")
+INFO_FIELDS = {"num_classes", "in_channels", "image_size", "class_names", "mean", "std"}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def write_atomic(path: Path, write: Any) -> None:
-    """Run write(tmp_path) in the target folder, then rename over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Run write(tmp_path) in the target folder, then rename over `path`: readers never see half a file.
+
+    The rename replaces a symbolic link at `path` rather than writing through it. A full disk,
+    a read-only folder or a refused permission becomes one ConvlabError line naming `path`.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as e:
+        raise ConvlabError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ConvlabError(f"cannot write {path}: {e.strerror or e}") from None
+        if isinstance(e, RuntimeError) and "write" in str(e).lower():  # torch.save's stream writer on a full disk
+            free = shutil.disk_usage(path.parent).free
+            raise ConvlabError(f"cannot write {path}: {'No space left on device' if free < 1 << 20 else str(e).splitlines()[0]}") from None
         raise
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temp files a killed write left in `folder` (call only while holding the run's lock); returns how many."""
+    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file() and not p.is_symlink()] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -46,11 +74,11 @@ def copy_atomic(src: Path, dst: Path) -> None:
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """A .pt file as given, or `checkpoints/last.pt` inside a run directory."""
+    """A .pt file as given, or `checkpoints/last.pt` inside a run directory (or its checkpoints/ folder)."""
     p = Path(path)
     if p.is_dir():
-        p = p / CKPT_DIR / "last.pt"
-    if not p.is_file():
+        p = p / "last.pt" if p.name == CKPT_DIR and (p / "last.pt").exists() else p / CKPT_DIR / "last.pt"
+    if not p.is_file():  # also refuses FIFOs and devices, which could block or never end
         raise ConvlabError(f"checkpoint {path} not found (expected a .pt file or a run directory holding {CKPT_DIR}/last.pt)")
     return p
 
@@ -60,20 +88,77 @@ def run_dir_of(ckpt: Path) -> Path | None:
     return ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else None
 
 
+def _refusal(e: Exception) -> str:
+    """torch.load's reason in one line: the unpickler's own sentence when it refused a pickle, not its advice."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return "weights-only loading refused it: " + line.split("WeightsUnpickler error:", 1)[1].split(" Please use")[0].strip()
+    if lines and lines[0].startswith("Weights only load failed"):
+        reason = next((line for line in lines[1:] if not line.startswith(TORCH_ADVICE)), lines[0])
+        return f"weights-only loading refused it: {reason[:300]}"
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a convlab checkpoint with weights_only=True; bad or foreign files raise ConvlabError."""
+    """Load a convlab checkpoint as untrusted data: weights_only, its layout checked, its config's targets allowed.
+
+    This is the one way convlab reads a checkpoint (eval, sample, resume, bench); bad or foreign
+    files raise one ConvlabError line naming the file.
+    """
     p = find_checkpoint(path)
     if not zipfile.is_zipfile(p):
         raise ConvlabError(f"checkpoint {p} is not a PyTorch checkpoint file (truncated, or some other file)")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        unsafe = re.search(r"WeightsUnpickler error: ([^\n]+)", str(e))
-        reason = f"weights_only loading refuses what it holds: {unsafe.group(1).split(' was not')[0]}" if unsafe else f"{type(e).__name__}: {str(e).strip()[:200]}"
-        raise ConvlabError(f"checkpoint {p} is corrupt or not a convlab checkpoint ({reason})") from None
+        raise ConvlabError(f"checkpoint {p} is corrupt or not a convlab checkpoint ({_refusal(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConvlabError(f"checkpoint {p} is not a convlab checkpoint (format {FORMAT} expected)")
+    problem = _layout_problem(state)
+    if problem:
+        raise ConvlabError(f"checkpoint {p} is damaged or not a convlab checkpoint: {problem}")
+    trust.check_config(state["config"], f"checkpoint {p}")
+    from convlab.schema import validate  # the same value checks as a command line
+
+    try:
+        validate(OmegaConf.create(state["config"]))
+    except ConvlabError as e:
+        raise ConvlabError(f"checkpoint {p}: its config is not valid ({e})") from None
     return state
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _layout_problem(state: dict[str, Any]) -> str | None:
+    """What is missing or mistyped in a loaded checkpoint's layout (None when it is whole)."""
+    for key, kind in LAYOUT.items():
+        if not isinstance(state.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__ if isinstance(kind, type) else kind[0].__name__}"
+    config = state["config"]
+    for key in ("model", "data", "optim", "sched", "task"):
+        if not isinstance(config.get(key), dict):
+            return f"its config has no {key} section"
+    epochs, epoch = config.get("epochs"), state["epoch"]
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        return f"epoch {epoch!r} of epochs {epochs!r} is out of range"
+    if len(state["history"]) != epoch or not all(isinstance(r, dict) and all(_is_number(v) for v in r.values()) for r in state["history"]):
+        return f"its history does not hold {epoch} rows of numbers"
+    info = state["data_info"]
+    if set(info) != INFO_FIELDS or not all(isinstance(info[k], int) and info[k] >= 1 for k in ("num_classes", "in_channels", "image_size")):
+        return f"data_info must hold {', '.join(sorted(INFO_FIELDS))} with positive sizes"
+    if not all(isinstance(info[k], (list, tuple)) and all(_is_number(v) for v in info[k]) for k in ("mean", "std")):
+        return "data_info mean and std must be lists of numbers"
+    if not isinstance(info["class_names"], (list, tuple)) or not all(isinstance(c, str) for c in info["class_names"]):
+        return "data_info class_names must be a list of strings"
+    if not all(isinstance(state["task"].get(k), dict) for k in ("models", "optimizers", "schedulers")):
+        return "its task state lacks models, optimizers or schedulers"
+    best = state["best"]
+    if best.get("mode") not in ("min", "max") or not isinstance(best.get("metric"), str) or not (best.get("value") is None or _is_number(best.get("value"))):
+        return "its best-epoch record is malformed"
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -85,9 +170,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` saved (CUDA states only where CUDA is present)."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    """Restore what `rng_state` saved (CUDA states only where CUDA is present); a malformed state is one line."""
+    try:
+        torch.set_rng_state(state["torch"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ConvlabError(f"the checkpoint's random-number state is malformed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

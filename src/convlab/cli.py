@@ -8,11 +8,15 @@ usual. User errors (ConvlabError) end as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from importlib import resources
@@ -21,10 +25,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from convlab import __version__
-from convlab.errors import ConfigError, ConvlabError
+from convlab.errors import ConfigError, ConvlabError, Terminated
 
 log = logging.getLogger("convlab")
 # Sweep job folders are named by their overrides (conf/train.yaml); long ones are cut to stay valid names.
@@ -50,29 +54,43 @@ def _record_failure(error: BaseException) -> None:
         write_atomic(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
 
 
+# OS refusals that are the user's situation, not a bug: said in one line naming the path.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
+
+
 @contextlib.contextmanager
 def user_errors(resume_hint: bool = False) -> Iterator[None]:
-    """User errors end as one line and exit code 2, Ctrl-C as exit code 130 (with a resume hint).
+    """User errors end as one line and exit code 2; Ctrl-C as 130 and SIGTERM as 143 (with a resume hint).
 
     Inside a -m sweep a failed job, whatever the error, is logged in one line and recorded in its
     summary.json, and the sweep goes on to its next job (a traceback goes to the job's error.txt).
     """
     try:
         yield
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        log.error("cannot use %s: %s", e.filename or "a file", e.strerror)
+        if not _in_sweep():
+            sys.exit(2)
+        _record_failure(e)
     except ConvlabError as e:
         log.error("%s", e)
         if not _in_sweep():
             sys.exit(2)
         _record_failure(e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from convlab.resume import command
+
         out = Path(HydraConfig.get().runtime.output_dir)
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         if not resume_hint:
-            log.error("interrupted")
+            log.error("%s", what)
         elif (out / "checkpoints" / "last.pt").is_file():
-            log.error("interrupted; continue from the last finished epoch with: convlab train resume=%s", out)
+            log.error("%s; continue from the last finished epoch with: %s", what, command(out))
         else:
-            log.error("interrupted before an epoch finished; nothing to resume")
-        sys.exit(130)
+            log.error("%s before an epoch finished; nothing to resume", what)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except Exception as e:
         if not _in_sweep():
             raise
@@ -92,11 +110,6 @@ def train_main(cfg: DictConfig) -> float | None:
 
     join_submitit_job()
     with user_errors(resume_hint=True):
-        if cfg.get("resume"):
-            allowed = ("resume", "device", "trainer.stop_after", "trainer.devices")
-            changed = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in allowed]
-            if changed:
-                raise ConfigError(f"resume= continues a run with its saved config; only device=, trainer.devices= and trainer.stop_after= may change (drop: {' '.join(changed)})")
         if cfg.device == "auto" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
             cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"  # parallel sweeps: job i on GPU i mod N
         return train(cfg)["best"]["value"]
@@ -170,72 +183,153 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
 
 
-def preflight(config_name: str, args: list[str]) -> None:
-    """Check overrides before Hydra runs: unknown group choices or keys become one ConfigError line.
-
-    Every value of a sweep is checked against the group's configs; the first job's config is
-    composed to catch misspelt keys. Anything this cannot parse is left to Hydra to report.
-    """
+def _compose(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """`config_name` composed with `overrides`; a failure is one ConfigError line (naming a missing plugin's extra)."""
     from hydra import compose, initialize_config_module
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
-        parsed = get_args_parser().parse_args(args)
-        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-    except BaseException:  # argparse exits on bad flags; Hydra will say the same
-        return
-    if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.config_dir or parsed.config_name or parsed.shell_completion:
-        return
-    first_job = []
-    for o in overrides:
-        try:
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
-        except Exception:  # glob and interval sweeps are expanded by Hydra or a search plugin
-            return
-        if o.key_or_group in GROUPS and not o.package and not o.is_delete():
-            options = _group_options(o.key_or_group)
-            bad = [v for v in values if v not in options]
-            if bad:
-                raise ConfigError(f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; choose one of: {', '.join(options) or '(none)'}")
-        first_job.append(f"{o.get_key_element()}={values[0]}" if o.is_sweep_override() else o.input_line)
     try:
         with initialize_config_module("convlab.conf", version_base="1.3"):
-            compose(config_name, overrides=first_job)
+            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except Exception as e:
         text = str(e) or f"{type(e).__name__}: {e.__cause__ or e.__context__}"
         missing = re.search(rf"Could not (?:find|load) 'hydra/(?:launcher|sweeper)/({'|'.join(PLUGIN_EXTRAS)})(?:_local|_slurm)?'", text)
         if missing:  # an optional Hydra plugin (launcher or sweeper) that is not installed
             plugin = missing.group(1)
-            asked = next((a for a in first_job if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin)
+            asked = next((a for a in overrides if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin)
             raise ConfigError(f"{asked} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".[{PLUGIN_EXTRAS[plugin]}]\"") from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:2])) from None
 
 
+def _expand(overrides: list) -> list[list[str]] | None:
+    """Each job's overrides of a basic sweep (its first 32 jobs); None for sweeps only Hydra can expand."""
+    choices = []
+    for o in overrides:
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        except Exception:  # glob and interval sweeps are expanded by Hydra or a search plugin
+            return None
+        if o.key_or_group in GROUPS and not o.package and not o.is_delete():
+            options = _group_options(o.key_or_group)
+            bad = [v for v in values if v not in options]
+            if bad:
+                raise ConfigError(f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; choose one of: {', '.join(options) or '(none)'}")
+        choices.append([f"{o.get_key_element()}={v}" for v in values] if o.is_sweep_override() else [o.input_line])
+    return [list(job) for job in itertools.islice(itertools.product(*choices), 32)]
+
+
+def _parses(parser: object, override: str) -> bool:
+    try:
+        parser.parse_override(override)
+        return True
+    except Exception:
+        return False
+
+
+def preflight(config_name: str, args: list[str]) -> DictConfig | None:
+    """Check a command before Hydra runs or any folder exists; returns the first job's config (with its hydra node).
+
+    Unknown group choices, misspelt keys and every bad value (convlab.schema) become one
+    ConfigError line. Each job of a basic sweep is composed and validated, also the jobs of a
+    sweep that an experiment config lists in hydra.sweeper.params. Anything this cannot parse
+    is left to Hydra to report.
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from convlab.schema import validate
+
+    parser = OverridesParser.create()
+    try:
+        parsed = get_args_parser().parse_args(args)
+    except BaseException:  # argparse exits on bad flags; Hydra will say the same
+        return None
+    try:
+        overrides = parser.parse_overrides(parsed.overrides)
+    except Exception as e:
+        bad = next((o for o in parsed.overrides if not _parses(parser, o)), " ".join(parsed.overrides))
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot read the override {bad!r} ({reason}); quote values that hold = , [ ] or spaces: key='value'") from None
+    if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.config_dir or parsed.config_name or parsed.shell_completion:
+        return None
+    jobs = _expand(overrides)
+    first = _compose(config_name, jobs[0] if jobs else [o.input_line for o in overrides], hydra=True)
+    if config_name == "report":
+        return first
+    swept = OmegaConf.select(first, "hydra.sweeper.params")
+    if jobs and swept and (parsed.multirun or first.hydra.mode == RunMode.MULTIRUN):
+        try:  # an experiment's own sweep (hydra.sweeper.params) adds to the command line's
+            jobs = _expand(overrides + parser.parse_overrides([f"{k}={v}" for k, v in swept.items()]))
+        except Exception:
+            jobs = None
+    for i, job in enumerate(jobs or [None]):
+        cfg = first.copy() if i == 0 else _compose(config_name, job)
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+            if "out_dir" in cfg:
+                cfg.out_dir = "(the run folder)"  # ${hydra:runtime.output_dir} is only known once Hydra runs
+        validate(cfg, config_name)
+    return first
+
+
 def _value(args: list[str], key: str, default: str | None) -> str | None:
-    """The value of the command-line override `key=VALUE`, or `default` when it is not given."""
-    return next((a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")), default)
+    """The value of the command-line override `key=VALUE` (quotes as Hydra reads them), or `default`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-
-def _resume_run_dir(args: list[str]) -> list[str]:
-    """`resume=RUN` writes into RUN itself (not a new folder) and keeps RUN's own .hydra config."""
-    from convlab.checkpoint import run_dir_of
-
-    resume = _value(args, "resume", None)
-    if not resume or any(a.startswith("hydra.run.dir=") for a in args):
-        return args
-    p = Path(resume)
-    run_dir = p if (p / "checkpoints").is_dir() else run_dir_of(p) if p.is_file() else None
-    return [*args, f"hydra.run.dir='{run_dir}'", "hydra.output_subdir=null"] if run_dir else args
+    for a in args:
+        if a.split("=", 1)[0] == key:
+            try:
+                value = OverridesParser.create().parse_override(a).value()
+            except Exception:
+                return a.split("=", 1)[1]
+            return None if value is None else str(value)
+    return default
 
 
 def _paths_override(args: list[str]) -> list[str]:
     """`convlab report A B` -> `paths=['A','B']`: Hydra takes no positional arguments."""
+    from convlab.resume import hydra_quote
+
     paths = [a for a in args if "=" not in a and not a.startswith("-")]
     rest = [a for a in args if a not in paths]
-    quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
-    return [*rest, f"paths=[{quoted}]"] if paths else rest
+    return [*rest, f"paths=[{','.join(hydra_quote(p) for p in paths)}]"] if paths else rest
+
+
+def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str], int | None]:
+    """Before Hydra writes: the run (or sweep) folder claimed and locked, a resume checked; returns Hydra's args.
+
+    The second value is an exit code when the command ends here (a finished run resumed).
+    """
+    from convlab import resume, rundir
+    from convlab.resume import hydra_quote
+
+    given = lambda key: any(a.startswith(f"{key}=") for a in args)  # noqa: E731
+    target = _value(args, "resume", None)
+    if target:
+        plan = resume.plan(target, [a for a in args if not a.startswith("-")])
+        if plan.finished:
+            print(f"run {plan.run_dir} is finished (epoch {plan.state['epoch']} of {plan.state['config']['epochs']}); nothing to do", file=sys.stderr)
+            return args, 0
+        if plan.run_dir is not None:  # continue in the run's own folder, keeping its own .hydra config
+            rundir.lock(plan.run_dir)
+            rundir.check_links(plan.run_dir)
+            if not given("hydra.run.dir"):
+                args = [*args, f"hydra.run.dir={hydra_quote(str(plan.run_dir))}"]
+            return [*args, "hydra.output_subdir=null"], None
+    if first is None:  # --cfg, --help and friends write no run
+        return args, None
+    multirun = "-m" in args or "--multirun" in args or first.hydra.mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = Path(_value(args, key, None) or OmegaConf.select(first, key))
+    CLAIMS.append(rundir.claim(folder, explicit=given(key), sweep=multirun))
+    return [a for a in args if not a.startswith(f"{key}=")] + [f"{key}={hydra_quote(str(CLAIMS[-1].folder))}"], None
+
+
+CLAIMS: list = []  # folders this process claimed (released, and emptied if nothing was written, at exit)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,30 +348,45 @@ def main(argv: list[str] | None = None) -> None:
     if name == "report":
         args = _paths_override(args)
     try:
-        preflight(name, args)
-    except ConfigError as e:
+        first = preflight(name, args)
+        if name == "train":
+            args, code = _prepare_train(args, first)
+            if code is not None:
+                sys.exit(code)
+    except ConvlabError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if name == "train":
-        args = _resume_run_dir(args)
-        devices = _value(args, "trainer.devices", "1")
-        if "WORLD_SIZE" in os.environ:  # one of several training processes: agree on the run folder first
-            from convlab.distributed import join
-
-            args = join(args)
-        elif devices.isdigit() and int(devices) > 1:
-            from convlab.distributed import check_devices, launch
-
-            try:  # an unavailable device is one line here, not one per process
-                check_devices(_value(args, "device", "auto"), int(devices))
-            except ConvlabError as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(2)
-            launch(int(devices), [name, *args])
-            return
     sys.argv = [f"convlab-{name}", *args]
-    COMMANDS[name][0]()
+    try:
+        COMMANDS[name][0]()
+    except KeyboardInterrupt as e:  # reached here only outside a job: a sweep's own process (its jobs said theirs)
+        code = 143 if isinstance(e, Terminated) else 130
+        print(f"error: {'terminated (SIGTERM)' if code == 143 else 'interrupted'}; each job's summary.json says where it stopped", file=sys.stderr)
+        sys.exit(code)
+    finally:
+        while CLAIMS:
+            CLAIMS.pop().release()
     from convlab.sweep import last_sweep
 
     if last_sweep["failed"]:
         sys.exit(1)  # the sweep ran to its end, but not every job succeeded
+
+
+def _prepare_train(args: list[str], first: DictConfig | None) -> tuple[list[str], int | None]:
+    """`convlab train`: SIGTERM as Ctrl-C, then the folders claimed (by rank 0 for several processes, or by each started process)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    # A parallel sweep stopped by Ctrl-C leaves joblib's semaphores to its resource tracker, which warns in two lines.
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]))
+    if "WORLD_SIZE" in os.environ:  # one of several training processes: rank 0 claims the folder for all
+        from convlab.distributed import join
+
+        return join(args, lambda: _claim_folders(args, first))
+    devices = _value(args, "trainer.devices", "1")
+    if devices.isdigit() and int(devices) > 1:
+        from convlab.distributed import check_devices, launch
+
+        check_devices(_value(args, "device", "auto"), int(devices))  # an unavailable device: one line here, not one per process
+        launch(int(devices), ["train", *args])
+        return args, 0
+    return _claim_folders(args, first)

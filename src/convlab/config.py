@@ -1,9 +1,8 @@
-"""Config helpers: build `_target_` nodes, check user-typed values, pick the device."""
+"""Config helpers: build `_target_` nodes, pick the device (values are checked by convlab.schema)."""
 
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +12,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from convlab.errors import ConfigError, ConvlabError
-
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def to_dict(node: Any) -> Any:
@@ -49,44 +46,6 @@ def build(node: Mapping[str, Any], group: str, /, **kwargs: Any) -> Any:
     except TypeError as e:
         raise ConfigError(f"{group}: {target} does not take these settings ({e})") from None
     return factory if partial else factory(**kwargs)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def require_int(name: str, value: Any, minimum: int) -> int:
-    """`value` if it is an integer >= `minimum`; otherwise a ConfigError naming `name`."""
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"{name}={value!r} is not allowed; expected an integer >= {minimum}")
-    return value
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject wrongly typed or out-of-range values of the keys users type most."""
-    require_int("epochs", cfg.get("epochs"), 1)
-    require_int("batch_size", cfg.get("batch_size"), 1)
-    if not _is_int(cfg.get("seed")):
-        raise ConfigError(f"seed={cfg.get('seed')!r} is not allowed; expected an integer")
-    device = cfg.get("device")
-    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
-        raise ConfigError(f"device={device!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N, mps")
-    for key in ("log_every", "eval_every", "devices"):
-        require_int(f"trainer.{key}", cfg.trainer.get(key), 1)
-    if cfg.trainer.get("stop_after") is not None:
-        require_int("trainer.stop_after", cfg.trainer.stop_after, 1)
-    # Optimizer and scheduler arguments are all numbers (or flags, or lists of numbers).
-    for group in ("optim", "sched"):
-        for key, value in to_dict(cfg[group]).items():
-            if key.startswith("_") or key == "name" or value is None or isinstance(value, bool):
-                continue
-            values = value if isinstance(value, list) else [value]
-            if not all(_is_number(v) for v in values):
-                raise ConfigError(f"{group}.{key}={value!r} is not allowed; expected a number")
 
 
 def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import datetime
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -24,9 +24,11 @@ def world() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def join(args: list[str]) -> list[str]:
-    """Join the process group and return `args` with the run folder that rank 0 chose for everyone.
+def join(args: list[str], prepare: Callable[[], tuple[list[str], int | None]]) -> tuple[list[str], int | None]:
+    """Join the process group; rank 0 runs `prepare` (it claims the run folder) and every rank gets its result.
 
+    `prepare` returns the arguments for Hydra and an exit code when the command should end here
+    (a finished resume, a refused folder: rank 0 has said why, the others end quietly with it).
     Ranks other than 0 write no .hydra folder or log file and show only warnings and errors.
     """
     rank, _, size = world()
@@ -35,12 +37,18 @@ def join(args: list[str]) -> list[str]:
     if not dist.is_initialized():
         # One group for both: gloo for CPU objects (like the folder name), NCCL for CUDA tensors.
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-    now = [datetime.now().strftime("%Y-%m-%d/%H-%M-%S")]
-    dist.broadcast_object_list(now, src=0)
-    extra = [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir=outputs/{now[0]}"]
-    if rank:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=quiet"]
-    return [*args, *extra]
+    result: list[object] = [None]
+    if rank == 0:
+        try:
+            result = [prepare()]
+        except ConvlabError as e:
+            print(f"error: {e}", file=sys.stderr)
+            result = [(args, 2)]
+    dist.broadcast_object_list(result, src=0)
+    chosen, code = result[0]
+    if rank and code is None:
+        chosen = [*chosen, "hydra.output_subdir=null", "hydra/job_logging=quiet"]
+    return chosen, code
 
 
 def join_submitit_job() -> None:

@@ -7,3 +7,7 @@ class ConvlabError(Exception):
 
 class ConfigError(ConvlabError):
     """A config value that is missing, of the wrong type or out of range."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run ends with its last checkpoint and an "interrupted" summary."""

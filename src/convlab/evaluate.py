@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -10,15 +11,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from convlab.checkpoint import find_checkpoint, load_checkpoint
-from convlab.config import build, require_int, resolve_device
+from convlab.config import build, resolve_device
 from convlab.data.base import DataInfo
 from convlab.errors import ConfigError, ConvlabError
+from convlab.schema import validate
 from convlab.tasks.base import Task, numbers_only
 from convlab.trainer import batches_on
 
 
 def load_task(cfg: DictConfig, device: torch.device) -> tuple[Task, DictConfig, dict[str, Any], Path]:
-    """The task of checkpoint `cfg.ckpt` with its trained weights on `device`; also its config, state and path."""
+    """The task of checkpoint `cfg.ckpt` with its trained weights on `device`; also its config, state and path.
+
+    The checkpoint is untrusted: `load_checkpoint` reads weights only and checks its layout, its
+    `_target_`s and its config's values before anything here is built.
+    """
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ConfigError("ckpt=PATH is required: a .pt file or a run directory")
     path = find_checkpoint(cfg.ckpt)
@@ -27,12 +33,16 @@ def load_task(cfg: DictConfig, device: torch.device) -> tuple[Task, DictConfig, 
     info = DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
     parts = {k: OmegaConf.to_container(saved[k]) for k in ("model", "optim", "sched")}
     task = build(saved.task, "task", **parts, info=info, device=device, total_steps=1, steps_per_epoch=1)
-    task.load_state_dict(state["task"])
+    try:
+        task.load_state_dict(state["task"])
+    except ConvlabError as e:
+        raise ConvlabError(f"checkpoint {path}: {e}") from None
     return task, saved, state, path
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt` on `cfg.data.split`; returns the task's final evaluation (numbers only)."""
+    validate(cfg, "eval")
     device = resolve_device(cfg.device)
     task, saved, state, path = load_task(cfg, device)
     saved.data.split = cfg.data.split
@@ -71,11 +81,42 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.sin((1 - t) * omega)[:, None] * z0 + torch.sin(t * omega)[:, None] * z1) / torch.sin(omega)
 
 
+def _writes_rgb(fmt: str | None) -> bool:
+    """Whether PIL can write an RGB picture in format `fmt` ("PNG"), tried on a tiny one in memory."""
+    from PIL import Image
+
+    if fmt not in Image.SAVE:
+        return False
+    try:
+        Image.new("RGB", (2, 2)).save(io.BytesIO(), format=fmt)
+    except Exception:  # formats for other modes, or needing options, fail in plugin-specific ways
+        return False
+    return True
+
+
+def _check_image_name(out: str) -> None:
+    """Refuse a file name whose extension PIL cannot write an RGB picture to: one line listing some that work."""
+    from PIL import Image
+
+    Image.init()  # registers every format plugin, so registered_extensions() is complete
+    extensions = Image.registered_extensions()
+    suffix = Path(out).suffix.lower()
+    if _writes_rgb(extensions.get(suffix)):
+        return
+    some = [e for e in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff", ".gif") if _writes_rgb(extensions.get(e))]
+    problem = f"PIL cannot write a colour image as {suffix}" if suffix else "it has no extension to choose the image format by"
+    raise ConfigError(f"out={out}: {problem}; end the file name in {', '.join(some)} (or give a folder, out=DIR/, for one PNG per image)")
+
+
 def sample_checkpoint(cfg: DictConfig) -> list[Path]:
     """Write `cfg.n` generated images: one grid, one PNG each (out=DIR/), or an interpolation strip."""
     from torchvision.utils import save_image
 
-    require_int("n", cfg.n, 1)
+    validate(cfg, "sample")
+    out = Path(str(cfg.out))
+    to_folder = str(cfg.out).endswith("/") or out.is_dir()
+    if not to_folder:
+        _check_image_name(str(cfg.out))  # before the checkpoint is read or anything is written
     device = resolve_device(cfg.device)
     task, saved, _, path = load_task(cfg, device)
     if not hasattr(task, "generate"):
@@ -87,13 +128,15 @@ def sample_checkpoint(cfg: DictConfig) -> list[Path]:
     else:
         z = torch.randn(cfg.n, task.z_dim, generator=g)
     images = task.generate(z.to(device)).cpu()
-    out = Path(cfg.out)
-    if str(cfg.out).endswith("/") or out.is_dir():
-        out.mkdir(parents=True, exist_ok=True)
-        files = [out / f"sample_{i:04d}.png" for i in range(cfg.n)]
-        for image, file in zip(images, files):
-            save_image(image, file)
-        return files
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, out, nrow=cfg.n if cfg.interpolate else math.ceil(math.sqrt(cfg.n)), padding=2)
+    try:
+        if to_folder:
+            out.mkdir(parents=True, exist_ok=True)
+            files = [out / f"sample_{i:04d}.png" for i in range(cfg.n)]
+            for image, file in zip(images, files):
+                save_image(image, file)
+            return files
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, out, nrow=cfg.n if cfg.interpolate else math.ceil(math.sqrt(cfg.n)), padding=2)
+    except OSError as e:
+        raise ConvlabError(f"cannot write out={cfg.out} ({e.strerror or e})") from None
     return [out]

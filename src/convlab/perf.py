@@ -10,8 +10,6 @@ from typing import Any
 
 import torch
 
-from convlab.errors import ConfigError
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 
 
@@ -43,8 +41,6 @@ class Precision:
     """
 
     def __init__(self, kind: str = "fp32", device: torch.device | str = "cpu") -> None:
-        if kind not in PRECISIONS:
-            raise ConfigError(f"trainer.precision={kind!r} is not allowed; choose one of: auto, {', '.join(PRECISIONS)}")
         self.kind, self.device_type, self.dtype = kind, torch.device(device).type, PRECISIONS[kind]
         self.scaler = torch.amp.GradScaler(self.device_type) if kind == "fp16" else None
 
@@ -83,6 +79,4 @@ def resolve_speed_settings(trainer_cfg: Any, device: torch.device) -> tuple[str,
     precision = trainer_cfg.get("precision", "auto")
     precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
     channels_last = trainer_cfg.get("channels_last", "auto")
-    if channels_last not in ("auto", True, False):
-        raise ConfigError(f"trainer.channels_last={channels_last!r} is not allowed; choose one of: auto, true, false")
     return precision, cuda if channels_last == "auto" else channels_last

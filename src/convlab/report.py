@@ -10,12 +10,14 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
+from convlab.checkpoint import write_atomic
 from convlab.errors import ConfigError, ConvlabError
 from convlab.plots import confusion_figure
 from convlab.runs import RunRecord, find_runs, table, to_markdown
 
 CURVES = (("train/loss", "train loss"), ("val/loss", "validation loss"), ("train/acc", "train accuracy"), ("val/acc", "validation accuracy"))
 GAN_CURVES = (("train/loss/D", "discriminator loss"), ("train/loss/G", "generator loss"), ("train/D_x", "D(x)"), ("train/D_G_z", "D(G(z))"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) -> Figure:
@@ -40,7 +42,7 @@ def accuracy_bars(runs: list[RunRecord]) -> Figure:
     fig = Figure(figsize=(10, 1.5 + 1.2 * len(runs)), dpi=100)
     ax = fig.add_subplot()
     accs = [r.value("test/acc") for r in runs]
-    labels = [f"{r.label}\n{r.summary.get('parameters', 0):,} params, {r.summary.get('images_per_s') or 0:.0f} img/s" for r in runs]
+    labels = [f"{r.label}\n{r.summary.get('parameters') or 0:,} params, {r.summary.get('images_per_s') or 0:.0f} img/s" for r in runs]
     ax.barh(range(len(runs)), accs, color="tab:blue")
     for i, acc in enumerate(accs):
         ax.text(acc, i, f" {acc:.3f}", va="center")
@@ -57,23 +59,47 @@ def report(cfg: DictConfig) -> Path:
     paths = [Path(p) for p in cfg.paths or []]
     if not paths:
         raise ConfigError("convlab report needs run or sweep folders: convlab report outputs/multirun/DATE/TIME [...]")
-    missing = [p for p in paths if not p.is_dir()]
-    if missing:
-        raise ConvlabError(f"no folder {missing[0]}; give run folders or sweep folders (outputs/..., outputs/multirun/...)")
+    for p in paths:
+        if not p.is_dir():
+            what = f"{p} is a file, not a folder" if p.exists() else f"no folder {p}"
+            raise ConvlabError(f"{what}; give run folders or sweep folders (outputs/..., outputs/multirun/...)")
     runs = find_runs(paths)
     if not runs:
         raise ConvlabError(f"no runs found in {', '.join(map(str, paths))} (a run folder holds summary.json or metrics.csv)")
     out = Path(cfg.out) if cfg.out else paths[0] if len(paths) == 1 else Path("outputs") / "reports" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder; give a folder for report.md and its figures (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write(out, runs, paths)
+    except OSError as e:
+        raise ConvlabError(f"cannot write the report into {out} ({e.strerror or e}); give a writable folder as out=") from None
+
+
+def _last_grid(run: RunRecord) -> Path | None:
+    """The run's last sample grid, if it is a PNG file of the run's own (never a link to a file elsewhere)."""
+    grids = sorted((run.path / "samples").glob("epoch_*.png"))
+    if not grids or grids[-1].is_symlink() or not grids[-1].is_file():  # a FIFO would block the copy forever
+        return None
+    try:
+        with open(grids[-1], "rb") as f:
+            return grids[-1] if f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE else None
+    except OSError:
+        return None
+
+
+def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
+    """report.md and the figures in `out`; each written atomically, replacing a symbolic link rather than writing through it."""
     md = [f"# convlab report\n\n{len(runs)} runs from {', '.join(f'`{p}`' for p in paths)}\n", to_markdown(table(runs)), ""]
     md += ["## Runs (labels in the figures)\n"]
     for r in runs:
-        note = f"**{r.status}**" + (f": {r.summary['error']}" if r.summary.get("error") else "") if r.status != "ok" else "ok"
+        detail = r.problem or r.summary.get("error")
+        note = "ok" if r.status == "ok" else f"**{r.status}**" + (f": {detail}" if detail else "")
         md.append(f"- `{r.label}`: {note} (`{r.path}`)")
     md.append("")
 
     def figure(name: str, fig: Figure, caption: str) -> None:
-        fig.savefig(out / name)
+        write_atomic(out / name, lambda tmp: fig.savefig(tmp, format="png"))
         md.extend([f"## {caption}\n", f"![{caption}]({name})\n"])
 
     classifiers = [r for r in runs if any("train/acc" in row for row in r.history)]
@@ -83,17 +109,17 @@ def report(cfg: DictConfig) -> Path:
         tested = [r for r in classifiers if r.value("test/acc") is not None]
         if tested:
             figure("test_accuracy.png", accuracy_bars(tested), "Final test accuracy")
-        best = max((r for r in tested if r.summary.get("test", {}).get("confusion")), key=lambda r: r.value("test/acc"), default=None)
+        best = max((r for r in tested if r.summary["test"].get("confusion")), key=lambda r: r.value("test/acc"), default=None)
         if best:
-            names = list(best.summary["test"].get("per_class_acc", {})) or [str(i) for i in range(len(best.summary["test"]["confusion"]))]
+            names = list(best.summary["test"].get("per_class_acc") or {}) or [str(i) for i in range(len(best.summary["test"]["confusion"]))]
             figure("confusion.png", confusion_figure(torch.tensor(best.summary["test"]["confusion"]), names), f"Confusion matrix of the best run ({best.label})")
     if gans:
         figure("gan_curves.png", curves_figure(gans, GAN_CURVES), "GAN losses and discriminator outputs per epoch")
         for i, r in enumerate(gans):
-            grids = sorted((r.path / "samples").glob("epoch_*.png"))
-            if grids:
-                shutil.copyfile(grids[-1], out / f"samples_{i}.png")
-                md.append(f"### Last samples: {r.label} ({grids[-1].stem.replace('_', ' ')})\n\n![samples](samples_{i}.png)\n")
+            grid = _last_grid(r)
+            if grid:
+                write_atomic(out / f"samples_{i}.png", lambda tmp, grid=grid: shutil.copyfile(grid, tmp))
+                md.append(f"### Last samples: {r.label} ({grid.stem.replace('_', ' ')})\n\n![samples](samples_{i}.png)\n")
     path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
+    write_atomic(path, lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
     return path

@@ -1,4 +1,7 @@
-"""Learning-rate schedules, stepped once per optimizer step; built from conf/sched/<name>.yaml."""
+"""Learning-rate schedules, stepped once per optimizer step; built from conf/sched/<name>.yaml.
+
+Their settings are checked by convlab.schema.validate; only what needs the run's step count is checked here.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +20,6 @@ def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LR
 
 def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0, min_lr_ratio: float = 0.0) -> LRScheduler:
     """Linear warm-up for `warmup_epochs`, then cosine decay to `min_lr_ratio` × lr at the last step."""
-    if warmup_epochs < 0:
-        raise ConfigError(f"sched.warmup_epochs={warmup_epochs}: must be >= 0")
-    if not 0 <= min_lr_ratio <= 1:
-        raise ConfigError(f"sched.min_lr_ratio={min_lr_ratio}: must be between 0 and 1")
     warmup = round(warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -34,8 +33,6 @@ def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_
 
 def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, max_lr_factor: float = 1.0, pct_start: float = 0.25, div_factor: float = 25.0, final_div_factor: float = 1e4) -> LRScheduler:
     """Smith's one-cycle policy peaking at `max_lr_factor` × the optimizer's lr."""
-    if not 0 < pct_start < 1:
-        raise ConfigError(f"sched.pct_start={pct_start}: must be between 0 and 1 (exclusive)")
     needed = math.ceil(2 / min(pct_start, 1 - pct_start))  # OneCycleLR divides by each phase's length
     if total_steps < needed:
         raise ConfigError(f"sched=onecycle needs at least {needed} optimizer steps with sched.pct_start={pct_start}; this run has {total_steps} (epochs × batches): train longer or use sched=cosine")

@@ -6,14 +6,14 @@ process that started the sweep, after every job has ended; it reads the jobs' fo
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from convlab.checkpoint import write_atomic
+from convlab import rundir
+from convlab.checkpoint import copy_atomic, write_atomic
 from convlab.runs import RunRecord, find_runs, table, to_csv, to_markdown
 
 # Jobs of the last sweep in this process that did not end "ok" (the CLI's exit code reads it).
@@ -28,6 +28,9 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
+        for job in sweep_dir.iterdir():
+            if job.is_dir():
+                rundir.settle(job)  # a job whose process died mid-run says so
         runs = find_runs([sweep_dir])
         rows = table(runs)
         text = to_markdown(rows)
@@ -38,7 +41,7 @@ class SweepSummary(Callback):
         print(f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n(also in summary.md and summary.csv)")
         best = best_run(runs)
         if best is not None:
-            shutil.copyfile(best.path / ".hydra" / "config.yaml", sweep_dir / "best_config.yaml")
+            copy_atomic(best.path / ".hydra" / "config.yaml", sweep_dir / "best_config.yaml")
             b = best.summary["best"]
             print(f"best: {best.label} ({best.path.name}) with {b['metric']} {b['value']:.4f}; its config: {sweep_dir / 'best_config.yaml'}")
 

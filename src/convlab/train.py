@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,10 +17,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from convlab import distributed
-from convlab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
-from convlab.config import build, check_config, resolve_device, to_dict
-from convlab.errors import ConfigError
+from convlab import distributed, resume, rundir
+from convlab.checkpoint import CKPT_DIR, remove_stale_temp_files
+from convlab.config import build, resolve_device, to_dict
+from convlab.errors import ConfigError, ConvlabError, Terminated
+from convlab.schema import validate
 from convlab.logging import RunLogger, flatten
 from convlab.perf import Precision, keep_freed_memory, resolve_speed_settings
 from convlab.tasks.base import Task, numbers_only
@@ -41,14 +46,21 @@ def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in hp.items()}
 
 
-def _resume_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
-    """The checkpoint's own config and state; the device and session length are this run's, the folder the checkpoint's."""
-    path = find_checkpoint(cfg.resume)
-    state = load_checkpoint(path)
-    saved = OmegaConf.create(state["config"])
-    saved.device, saved.resume, saved.trainer.stop_after = cfg.device, cfg.resume, cfg.trainer.stop_after
-    saved.out_dir = str(run_dir_of(path) or cfg.out_dir)
-    return saved, state
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a SLURM time limit, docker stop, kill) ends the run like Ctrl-C: checkpoint kept, summary "interrupted"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
@@ -65,17 +77,30 @@ class Run:
     state: dict[str, Any] | None
 
 
-def setup(cfg: DictConfig, write: bool = True) -> Run:
+def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) -> Run:
     """Build data, task, logger and trainer from a composed config (continuing its checkpoint with resume=).
 
-    Under torchrun (WORLD_SIZE > 1) each process trains on its shard of every epoch with
-    DistributedDataParallel; `batch_size` is the global batch, split evenly over the processes.
+    Every value is validated first (a resumed config too: it comes from a file). With `write`, the
+    run folder is locked for this process and may not already hold another run. Under torchrun
+    (WORLD_SIZE > 1) each process trains on its shard of every epoch with DistributedDataParallel;
+    `batch_size` is the global batch, split evenly over the processes.
     """
     state = None
     if cfg.get("resume"):
-        cfg, state = _resume_config(cfg)
-    check_config(cfg)
+        plan = plan or resume.plan(cfg.resume)
+        cfg, state = resume.resume_config(cfg, plan), plan.state
+    validate(cfg)
     rank, local_rank, world_size = distributed.world()
+    out_dir = Path(cfg.out_dir)
+    if write and rank == 0:
+        if state is None and rundir.holds_run(out_dir):
+            raise ConvlabError(f"{out_dir} already holds a run; a new one would overwrite it: continue it with {resume.command(out_dir)}, or choose another folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rundir.lock(out_dir)
+        rundir.check_links(out_dir)
+        removed = remove_stale_temp_files(out_dir / CKPT_DIR) + remove_stale_temp_files(out_dir)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted write in %s", removed, out_dir)
     device = resolve_device(cfg.device, local_rank if world_size > 1 else None)
     if device.type == "cpu":
         keep_freed_memory()
@@ -89,7 +114,7 @@ def setup(cfg: DictConfig, write: bool = True) -> Run:
 
     data = build(cfg.data, "data")
     info = data.info
-    loaders = data.loaders(cfg.batch_size, device, seed=cfg.seed, rank=rank, world_size=world_size)
+    loaders = data.loaders(cfg.batch_size, device, seed=cfg.seed, rank=rank, world_size=world_size, training=True)
     steps_per_epoch = len(loaders["train"])
     task = build(
         cfg.task, "task",
@@ -100,13 +125,10 @@ def setup(cfg: DictConfig, write: bool = True) -> Run:
     for model in task.models.values():
         model.to(memory_format=memory_format)  # in place: the optimizers keep their parameters
         if cfg.trainer.compile:
-            if not isinstance(cfg.trainer.compile, bool):
-                raise ConfigError(f"trainer.compile={cfg.trainer.compile!r} is not allowed; choose one of: true, false")
             model.compile()
     if world_size > 1:
         task.distribute(lambda m: distributed.wrap(m, device, cfg.trainer.sync_bn))
         torch.manual_seed(cfg.seed + rank)  # same initial weights everywhere, but each rank its own dropout
-    out_dir = Path(cfg.out_dir)
     logger = RunLogger(out_dir, enabled=write and rank == 0, purge_epoch=state["epoch"] + 1 if state else None)
     meta = {"config": config, "data_info": dataclasses.asdict(info)}
     trainer = Trainer(
@@ -115,15 +137,36 @@ def setup(cfg: DictConfig, write: bool = True) -> Run:
         stop_after=cfg.trainer.stop_after, rank=rank, world_size=world_size, save=write,
     )  # fmt: skip
     if state:
-        trainer.restore(state)
+        try:
+            trainer.restore(state)
+        except ConvlabError as e:
+            raise ConvlabError(f"checkpoint {plan.checkpoint}: {e}") from None
         log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
+        if plan.run_dir is None:
+            log.info("%s is not inside a run folder: a new run in %s branches from it", plan.checkpoint, out_dir)
     return Run(cfg, device, data, loaders, task, trainer, logger, state)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; returns the summary also written to summary.json."""
+    """Run one training job; returns the summary also written to summary.json.
+
+    Resuming a finished run changes nothing and returns its summary. However the job ends
+    (Ctrl-C, SIGTERM, an error), summary.json is left saying so, never "running".
+    """
+    with sigterm_as_interrupt():
+        plan = resume.plan(cfg.resume) if cfg.get("resume") else None
+        if plan and plan.finished:
+            log.info("run %s is finished (epoch %d of %d); nothing to do", plan.run_dir, plan.state["epoch"], plan.state["config"]["epochs"])
+            return resume.finished_summary(plan)
+        run = setup(cfg, plan=plan)
+        try:
+            return _run(run, plan)
+        finally:
+            rundir.unlock(Path(run.cfg.out_dir))
+
+
+def _run(run: Run, plan: resume.Plan | None) -> dict[str, Any]:
     started = time.perf_counter()
-    run = setup(cfg)
     cfg, trainer, logger, task = run.cfg, run.trainer, run.logger, run.task
     summary: dict[str, Any] = {
         "status": "running",
@@ -135,26 +178,40 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "precision": task.precision.kind,
         "out_dir": cfg.out_dir,
     }
+    if plan and plan.run_dir is None:
+        summary["branched_from"] = {"checkpoint": str(plan.checkpoint), "epoch": plan.state["epoch"]}
+    try:
+        return _fit(run, summary, started)
+    except BaseException as e:
+        trainer = run.trainer
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        ended = {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch}
+        if (trainer.ckpt_dir / "last.pt").is_file():
+            ended["resume"] = resume.command(cfg.out_dir)
+        with contextlib.suppress(Exception):  # a full disk may refuse this too; the error itself still reaches the user
+            run.logger.write_summary(summary | ended)
+        with contextlib.suppress(Exception):
+            run.logger.close()
+        raise
+
+
+def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
+    """Train, test and write the final summary and hparams."""
+    cfg, trainer, logger, task = run.cfg, run.trainer, run.logger, run.task
     logger.write_summary(summary)
     sizes = " / ".join(f"{len(run.loaders[s].labels)} {s}" for s in ("train", "val", "test"))
     n = torch.get_num_threads()
     threads = f", {n} thread{'s' * (n != 1)}" if run.device.type == "cpu" else ""
     log.info("%s on %s: %s parameters, %s images, device %s (%s%s), output %s", summary["model"], summary["data"],
              f"{summary['parameters']:,}", sizes, run.device, task.precision.kind, threads, cfg.out_dir)  # fmt: skip
-    try:
-        test = trainer.fit()
-        checksums = trainer.replica_checksums() if trainer.world_size > 1 else None
-    except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        logger.write_summary(summary | {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch})
-        logger.close()
-        raise
+    test = trainer.fit()
+    checksums = trainer.replica_checksums() if trainer.world_size > 1 else None
     final = trainer.history[-1] if trainer.history else {}
     if trainer.stopped:
-        summary |= {"status": "stopped", "epochs": trainer.epoch, "best": trainer.best, "final": final}
+        summary |= {"status": "stopped", "epochs": trainer.epoch, "best": trainer.best, "final": final, "resume": resume.command(cfg.out_dir)}
         logger.write_summary(summary)
         logger.close()
-        log.info("stopped after epoch %d of %d (trainer.stop_after); continue with: convlab train resume=%s", trainer.epoch, cfg.epochs, cfg.out_dir)
+        log.info("stopped after epoch %d of %d (trainer.stop_after); continue with: %s", trainer.epoch, cfg.epochs, summary["resume"])
         return summary
     if checksums:
         summary["ddp"] = {"world_size": trainer.world_size, "param_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1}
@@ -168,9 +225,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": (run.state["elapsed"] if run.state else 0.0) + time.perf_counter() - started,
         "ended": datetime.now().isoformat(timespec="milliseconds"),
     }
-    logger.write_summary(summary)
     scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}
     logger.log_hparams(hparams_of(trainer.meta["config"]), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
+    logger.write_summary(summary)
     logger.close()
     best = trainer.best
     best_text = "" if best["value"] is None else f"  (best {best['metric']} {best['value']:.4f} at epoch {best['epoch']})"

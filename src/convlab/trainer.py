@@ -74,8 +74,13 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, optimizers, schedules, RNGs, history, best, time."""
         self.task.load_state_dict(state["task"])
-        self.task.precision.load_state_dict(state["precision"])
+        try:
+            self.task.precision.load_state_dict(state["precision"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ConvlabError(f"the checkpoint's loss-scaler state is malformed ({type(e).__name__}: {e})") from None
         rngs = state["rng"]  # one per rank; a run resumed on another number of processes takes rank 0's
+        if not rngs or not all(isinstance(r, dict) for r in rngs):
+            raise ConvlabError("the checkpoint's random-number state is malformed (expected one entry per process)")
         set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best, self.elapsed = dict(state["best"]), state["elapsed"]

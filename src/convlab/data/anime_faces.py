@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +30,7 @@ CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files under `root`, recursively, in a stable order."""
+    """Regular image files under `root`, recursively, in a stable order (FIFOs and devices are never opened)."""
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
 
 
@@ -39,7 +40,7 @@ def decode(path: Path, size: int) -> np.ndarray | None:
         with Image.open(path) as im:
             im = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    except (OSError, ValueError, Image.DecompressionBombError):  # corrupt, truncated or not an image
+    except Exception:  # corrupt, truncated, not an image, or a decompression bomb: decoders raise many types
         return None
 
 
@@ -54,9 +55,14 @@ class AnimeFaces(ImageDataset):
 
     def _files(self) -> list[Path]:
         how = "set data.root to a folder of face images (jpg, png or webp; subfolders are searched)"
+        if self.root.exists() and not self.root.is_dir():
+            raise ConvlabError(f"anime_faces: data.root {self.root} is a file, not a folder; {how}")
         if not self.root.is_dir():
             raise ConvlabError(f"anime_faces: no folder {self.root}; {how}")
-        files = list_images(self.root)
+        try:
+            files = list_images(self.root)
+        except OSError as e:
+            raise ConvlabError(f"anime_faces: cannot list {self.root} ({e.strerror or e}); {how}") from None
         if not files:
             raise ConvlabError(f"anime_faces: no images (jpg, png, webp) found under {self.root}; {how}")
         return files
@@ -74,15 +80,33 @@ class AnimeFaces(ImageDataset):
         """Decoded images from the cache, decoding the folder first when the cache is missing or stale."""
         files = self._files()
         cache = self.cache_path(files)
-        try:
-            images = np.load(cache)
-            log.info("anime_faces: %d images from cache %s", len(images), cache)
-        except (OSError, ValueError):  # no cache yet, or a damaged one: decode again
+        images = self._read_cache(cache, len(files))
+        if images is None:
             images = self._decode_all(files, cache)
         return torch.from_numpy(images), torch.zeros(len(images), dtype=torch.long), None, None
 
+    def _read_cache(self, cache: Path, max_images: int) -> np.ndarray | None:
+        """The cached images, or None when the cache is missing, damaged or not (n, 3, size, size) uint8."""
+        if not cache.is_file():  # absent, or a FIFO or folder in its place that must not be opened
+            return None
+        try:
+            # Memory-mapped first, so a header that claims a huge array costs nothing before the checks below.
+            mapped = np.load(cache, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        expected = (3, self.image_size, self.image_size)
+        if not isinstance(mapped, np.ndarray) or mapped.dtype != np.uint8 or mapped.shape[1:] != expected or not 0 < len(mapped) <= max_images:
+            log.info("anime_faces: cache %s is not %d or fewer uint8 images of shape %s; decoding again", cache, max_images, expected)
+            return None
+        images = np.array(mapped)  # a copy in memory: the file may be replaced while training runs
+        log.info("anime_faces: %d images from cache %s", len(images), cache)
+        return images
+
     def _decode_all(self, files: list[Path], cache: Path) -> np.ndarray:
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        # PIL only warns about images between MAX_IMAGE_PIXELS and twice that; as errors they count as unreadable.
+        # The filter list is process-wide, so setting it around the whole pool covers the worker threads.
+        with warnings.catch_warnings(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             decoded = list(pool.map(lambda f: decode(f, self.image_size), files))
         bad = [f for f, im in zip(files, decoded) if im is None]
         if len(bad) == len(files):

@@ -12,10 +12,9 @@ from typing import Any
 import torch
 
 from convlab.data.loader import ArrayDataLoader, TensorLoader
-from convlab.errors import ConfigError
+from convlab.schema import check_batch_fits, val_size
 
 log = logging.getLogger(__name__)
-LOADERS = ("auto", "device", "dataloader")
 
 SPLITS = ("train", "val", "test")
 
@@ -62,16 +61,7 @@ class ImageDataset(ABC):
         loader: str = "auto",
         workers: int | None = None,
     ) -> None:
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-            raise ConfigError(f"data.val_fraction={val_fraction!r} is not allowed; expected a number in (0, 1)")
-        if loader not in LOADERS:
-            raise ConfigError(f"data.loader={loader!r} is not allowed; choose one of: {', '.join(LOADERS)}")
-        if split not in ("val", "test"):
-            raise ConfigError(f"data.split={split!r} is not allowed; choose one of: test, val")
-        augment = dict(augment or {})
-        unknown = set(augment) - {"crop_padding", "flip"}
-        if unknown:
-            raise ConfigError(f"data.augment has unknown keys {sorted(unknown)}; allowed: crop_padding, flip")
+        augment = dict(augment or {})  # values checked by convlab.schema.validate
         self.val_fraction, self.split_seed, self.split = val_fraction, split_seed, split
         self.crop_padding = int(augment.get("crop_padding", 0))
         self.flip = bool(augment.get("flip", False))
@@ -92,7 +82,7 @@ class ImageDataset(ABC):
         if self._splits is None:
             x, y, x_test, y_test = self.load()
             perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
-            n_val = max(1, round(len(y) * self.val_fraction))
+            n_val = val_size(len(y), self.val_fraction)
             val, train = perm[:n_val], perm[n_val:]
             self._splits = {"train": (x[train], y[train]), "val": (x[val], y[val])}
             self._splits["test"] = self._splits["val"] if x_test is None else (x_test, y_test)
@@ -104,7 +94,9 @@ class ImageDataset(ABC):
         x, _ = self.splits()["train"]
         return DataInfo(len(self.class_names), x.shape[1], x.shape[-1], tuple(self.class_names), self.mean, self.std)
 
-    def loaders(self, batch_size: int, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    def loaders(
+        self, batch_size: int, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1, training: bool = False
+    ) -> dict[str, Any]:
         """Loaders of the three splits: train shuffled, cropped and flipped; val and test as they are.
 
         `batch_size` is the global batch: with `world_size` processes each rank's train loader
@@ -112,9 +104,12 @@ class ImageDataset(ABC):
         (rank 0 evaluates them whole). `data.loader=device` keeps the images on `device`
         (TensorLoader); `dataloader` builds batches in worker processes (ArrayDataLoader); `auto`
         picks device when all splits take less than half the device's free memory (always on a
-        CPU: the arrays are in RAM anyway).
+        CPU: the arrays are in RAM anyway). With `training` (a run that will train on them), a
+        batch larger than the training split is refused; evaluation and previews may ask for one.
         """
         splits = self.splits()
+        if training:  # a file dataset's size is known only now; convlab.schema checks generated ones up front
+            check_batch_fits(batch_size, len(splits["train"][1]), self.val_fraction)
         nbytes = sum(x.numel() for x, _ in {id(v): v for v in splits.values()}.values())  # val may be test
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
         mode = choose_loader(self.mode, nbytes, free)

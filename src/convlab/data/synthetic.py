@@ -13,7 +13,6 @@ import math
 import torch
 
 from convlab.data.base import ImageDataset
-from convlab.config import require_int
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 TEXTURES = ("solid", "striped")
@@ -83,9 +82,6 @@ class Synthetic(ImageDataset):
 
     def __init__(self, num_train: int = 5000, num_test: int = 1000, image_size: int = 32, seed: int = 0, noise: float = 0.12, **kwargs) -> None:
         super().__init__(**kwargs)
-        require_int("data.num_train", num_train, 2)
-        require_int("data.num_test", num_test, 1)
-        require_int("data.image_size", image_size, 8)
         self.num_train, self.num_test, self.image_size, self.seed, self.noise = num_train, num_test, image_size, seed, noise
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

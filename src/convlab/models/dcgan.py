@@ -9,8 +9,6 @@ from torch import nn
 
 from convlab.errors import ConfigError
 
-NORMS = ("batch", "layer", "none")
-
 
 def _blocks(image_size: int) -> int:
     """Stride-2 stages between 4×4 and `image_size` (4 for 64×64)."""
@@ -58,8 +56,6 @@ class Discriminator(nn.Module):
 
     def __init__(self, dim: int = 64, in_channels: int = 3, image_size: int = 64, norm: str = "batch") -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise ConfigError(f"model.d_norm={norm!r} is not allowed; choose one of: auto, {', '.join(NORMS)}")
         k = _blocks(image_size)
         widths = [in_channels] + [dim * 2**i for i in range(k)]
         layers: list[nn.Module] = []

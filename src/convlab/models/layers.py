@@ -63,9 +63,7 @@ CONV_IMPLS: dict[str, type[nn.Conv2d]] = {"torch": nn.Conv2d, "manual": ManualCo
 
 
 def conv_class(conv_impl: str) -> type[nn.Conv2d]:
-    """The convolution class for `model.conv_impl`."""
-    if conv_impl not in CONV_IMPLS:
-        raise ConfigError(f"model.conv_impl={conv_impl!r} is not allowed; choose one of: {', '.join(CONV_IMPLS)}")
+    """The convolution class for `model.conv_impl` (one of CONV_IMPLS, checked by convlab.schema)."""
     return CONV_IMPLS[conv_impl]
 
 
@@ -89,12 +87,3 @@ class ConvBNAct(nn.Sequential):
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
-
-
-def check_positive_ints(name: str, values: object, length: int | None = None) -> tuple[int, ...]:
-    """Validate a list of positive integers from the config and return it as a tuple."""
-    ok = isinstance(values, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-    if not ok or (length is not None and len(values) != length):  # type: ignore[arg-type]
-        need = f"a list of {length} positive integers" if length else "a list of positive integers"
-        raise ConfigError(f"{name}={values!r} is not allowed; expected {need}")
-    return tuple(values)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from convlab.errors import ConfigError
-from convlab.models.layers import ConvBNAct, check_positive_ints
+from convlab.models.layers import ConvBNAct
 
 
 class PlainCNN(nn.Module):
@@ -24,13 +24,14 @@ class PlainCNN(nn.Module):
         in_channels: int = 3,
         image_size: int = 32,
         channels: Sequence[int] = (32, 64, 128),
-        dilations: Sequence[int] = (1, 1, 1),
+        dilations: Sequence[int] | None = None,
         kernel_size: int = 3,
         conv_impl: str = "torch",
     ) -> None:
         super().__init__()
-        channels = check_positive_ints("model.channels", channels)
-        dilations = check_positive_ints("model.dilations", dilations, len(channels))
+        # Positive ints, one rate per layer: checked by convlab.schema. No rates: plain 3×3 convs, however many layers.
+        channels = tuple(channels)
+        dilations = (1,) * len(channels) if dilations is None else tuple(dilations)
         # Each unpadded layer shrinks the map by dilation*(k-1); refuse configs that shrink it to nothing.
         out_size = image_size - sum(d * (kernel_size - 1) for d in dilations)
         if out_size < 1:

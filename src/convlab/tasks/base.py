@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from convlab.errors import ConvlabError
 from convlab.perf import Precision
 
 
@@ -84,7 +85,53 @@ class Task(ABC):
         }
 
     def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
-        """Restore what `state_dict` saved."""
+        """Restore what `state_dict` saved; state that does not fit these models is one ConvlabError line."""
         for kind in ("models", "optimizers", "schedulers"):
             for name, obj in getattr(self, kind).items():
-                obj.load_state_dict(state[kind][name])
+                saved = state.get(kind, {}).get(name)
+                what = f"{kind[:-1]} {name!r}"
+                if not isinstance(saved, dict):
+                    raise ConvlabError(f"it holds no state for the {what}")
+                if kind == "schedulers":
+                    _check_like(obj.state_dict(), saved, what)
+                groups = [{k: v for k, v in g.items() if k != "params"} for g in obj.param_groups] if kind == "optimizers" else []
+                try:
+                    obj.load_state_dict(saved)
+                except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+                    reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                    raise ConvlabError(f"its {what} does not fit the config ({reason[:300]})") from None
+                if kind == "optimizers":
+                    _check_optimizer(obj, groups, what)
+
+
+def _same_kind(saved: Any, current: Any) -> bool:
+    """Whether a saved value could stand where `current` stands (numbers for numbers, lists of the same length...)."""
+    number = (int, float)
+    if isinstance(current, bool) or current is None:
+        return isinstance(saved, type(current)) or current is None
+    if isinstance(current, number):
+        return isinstance(saved, number) and not isinstance(saved, bool)
+    if isinstance(current, (list, tuple)):
+        return isinstance(saved, (list, tuple)) and len(saved) == len(current)
+    return isinstance(saved, type(current))
+
+
+def _check_like(current: dict[str, Any], saved: dict[str, Any], what: str) -> None:
+    """A schedule's saved state must have the keys and kinds of values of a fresh one (it is poured into __dict__)."""
+    if set(saved) != set(current):
+        raise ConvlabError(f"its {what} state has keys {sorted(saved)}, expected {sorted(current)}")
+    bad = next((k for k in current if not _same_kind(saved[k], current[k])), None)
+    if bad:
+        raise ConvlabError(f"its {what} state has {bad}={saved[bad]!r}, unlike a {type(current[bad]).__name__}")
+
+
+def _check_optimizer(opt: Optimizer, before: list[dict[str, Any]], what: str) -> None:
+    """After loading: hyperparameters of the same kinds as the config's, per-parameter buffers of the parameters' shapes."""
+    for group, fresh in zip(opt.param_groups, before):
+        bad = next((k for k, v in fresh.items() if k in group and not _same_kind(group[k], v)), None)
+        if bad:
+            raise ConvlabError(f"its {what} state has {bad}={group[bad]!r}, unlike a {type(fresh[bad]).__name__}")
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ConvlabError(f"its {what} state has {key} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")

@@ -1,0 +1,146 @@
+"""`resume=`: everything about continuing a run, in one place.
+
+A resume reads the checkpoint through the one trusted path (`checkpoint.load_checkpoint`), never
+moves a run backwards (an older checkpoint than the run's `last.pt` is refused), leaves a
+finished run untouched, accepts the user's original command with `resume=` added (overrides equal
+to the saved values are fine; differing ones are named), and prints a resume command that can be
+pasted back into a shell as printed, whatever the folder's name holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from convlab.checkpoint import CKPT_DIR, find_checkpoint, load_checkpoint, run_dir_of
+from convlab.errors import ConfigError, ConvlabError
+
+# Keys a resumed run may change: where it runs and how long this session lasts, nothing it learns from.
+MAY_CHANGE = ("device", "trainer.devices", "trainer.stop_after")
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]+")
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as a Hydra override value: plain when it can be, else a quoted string Hydra reads back as is."""
+    if _PLAIN.fullmatch(value):
+        return value
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+def command(run_dir: Path | str) -> str:
+    """The shell command that continues the run in `run_dir`, quoted for both the shell and Hydra."""
+    return f"convlab train {shlex.quote('resume=' + hydra_quote(str(run_dir)))}"
+
+
+@dataclass
+class Plan:
+    """A checked resume: the checkpoint's state, the run folder it continues (None: a new run branches from it)."""
+
+    checkpoint: Path
+    run_dir: Path | None
+    state: dict[str, Any]
+    finished: bool
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def plan(resume: str, overrides: list[str] = ()) -> Plan:
+    """Check a `resume=` before anything is written: the checkpoint, its place in its run, the given overrides."""
+    path = find_checkpoint(resume)
+    state = load_checkpoint(path)
+    run_dir = run_dir_of(path)
+    if run_dir is not None:
+        last = run_dir / CKPT_DIR / "last.pt"
+        if last.exists() and not last.samefile(path):
+            try:
+                newest = load_checkpoint(last)["epoch"]
+            except ConvlabError:
+                raise ConvlabError(f"resume={resume}: the run's {last} is unreadable, so this older checkpoint could move the run backwards; copy {path.name} out of {run_dir} to start a new run from it") from None
+            if newest > state["epoch"]:
+                raise ConvlabError(
+                    f"resume={resume} is at epoch {state['epoch']} but the run's {last} is at epoch {newest}: resuming it would discard "
+                    f"epochs {state['epoch'] + 1}-{newest}; continue the run with resume={run_dir}, or copy {path.name} out of {run_dir} to branch a new run"
+                )
+    check_overrides(state["config"], list(overrides))
+    summary = _summary(run_dir) if run_dir else {}
+    finished = run_dir is not None and state["epoch"] >= state["config"]["epochs"] and summary.get("status") == "ok"
+    return Plan(path, run_dir, state, finished)
+
+
+def finished_summary(p: Plan) -> dict[str, Any]:
+    """What `train` returns for a finished run: its summary as written, untouched."""
+    return _summary(p.run_dir) or {"status": "ok", "out_dir": str(p.run_dir)}
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole."""
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out |= _leaves(v, f"{prefix}{k}.")
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _get(node: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "(absent)"
+        node = node[part]
+    return node
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_overrides(saved: dict[str, Any], overrides: list[str]) -> None:
+    """Refuse overrides whose values differ from the saved config's, naming each with both values."""
+    given = [o for o in overrides if "=" in o and _key(o) not in (*MAY_CHANGE, "resume", "out_dir") and not _key(o).startswith("hydra")]
+    if not given:
+        return
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("convlab.conf", version_base="1.3"):
+        base, mine = compose("train"), compose("train", overrides=given)
+    base_leaves = _leaves(OmegaConf.to_container(base, resolve=False))
+    mine_leaves = _leaves(OmegaConf.to_container(mine, resolve=False))
+    touched = {k for k, v in mine_leaves.items() if base_leaves.get(k, "(absent)") != v}  # what the overrides changed
+    groups = resources.files("convlab.conf")
+    for key in map(_key, given):  # and what they name, even where it equals the default
+        if "." not in key and (groups / key).is_dir():
+            touched |= {f"{key}.name"} & set(mine_leaves)
+        else:
+            touched |= {k for k in mine_leaves if k == key or k.startswith(f"{key}.")}
+    differ = []
+    for k in sorted(touched - {"out_dir", "resume", *MAY_CHANGE}):
+        value = OmegaConf.select(mine, k, throw_on_resolution_failure=False)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if value != _get(saved, k):
+            differ.append(f"{k} (saved {_get(saved, k)!r}, given {value!r})")
+    if differ:
+        allowed = ", ".join(f"{k}=" for k in MAY_CHANGE)
+        raise ConfigError(f"resume= continues a run with its saved config, and these values differ from it: {'; '.join(differ)}; drop them (only {allowed} may change)")
+
+
+def resume_config(cfg: DictConfig, p: Plan) -> DictConfig:
+    """The checkpoint's own config, with this session's device and length, writing into its run folder (or `cfg.out_dir` for a branch)."""
+    saved = OmegaConf.create(p.state["config"])
+    saved.device, saved.resume, saved.trainer.stop_after = cfg.device, cfg.resume, cfg.trainer.stop_after
+    saved.trainer.devices = cfg.trainer.devices
+    saved.out_dir = str(p.run_dir or cfg.out_dir)
+    return saved

@@ -1,0 +1,192 @@
+"""Run folders: claimed before Hydra writes into them, locked for the run's life, never reused by a new run.
+
+A new run gets a folder of its own: the default name (outputs/DATE/TIME) gains a suffix when two
+runs start in the same second, and a folder named on the command line that already holds a run
+is refused. The process holds an OS lock (flock on `.convlab.lock`) until it exits, so a second
+process aimed at the same folder (a new run, or a resume) gets one line instead of interleaved
+files. A run that fails before it wrote anything leaves no stub folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convlab.errors import ConvlabError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folders are still never reused, only concurrent use goes unchecked
+    fcntl = None
+
+LOCK_NAME = ".convlab.lock"
+RUN_FILES = ("summary.json", "metrics.csv", "checkpoints")
+SWEEP_FILES = ("multirun.yaml", "summary.md", "summary.csv", "optimization_results.yaml")
+# Folders whose contents convlab or Hydra write by name: a symbolic link there would redirect a write.
+WRITTEN_FOLDERS = (".", ".hydra", "checkpoints")
+GONE = "the process ended while the run was running (killed, or its machine stopped); resume= continues from the last checkpoint"
+_held: dict[Path, int] = {}  # folder -> descriptor of the lock this process holds
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` already holds a run (its summary, metrics, checkpoints or TensorBoard events)."""
+    if not folder.is_dir():
+        return False
+    return any((folder / name).exists() for name in RUN_FILES) or any(folder.glob("events.out.tfevents.*"))
+
+
+def holds_sweep(folder: Path) -> bool:
+    """Whether `folder` already holds a sweep (Hydra's multirun.yaml, a summary, or job folders with runs)."""
+    if not folder.is_dir():
+        return False
+    return any((folder / name).exists() for name in SWEEP_FILES) or any(holds_run(d) for d in folder.iterdir() if d.is_dir())
+
+
+def check_links(folder: Path) -> None:
+    """Refuse a folder where a file convlab writes is a symbolic link (it would write through it, elsewhere)."""
+    for sub in WRITTEN_FOLDERS:
+        where = folder / sub
+        if sub != "." and where.is_symlink():
+            raise ConvlabError(f"run folder {folder}: {sub} is a symbolic link; convlab does not write through links (remove it or use another folder)")
+        if where.is_dir():
+            link = next((p for p in where.iterdir() if p.is_symlink()), None)
+            if link is not None:
+                raise ConvlabError(f"run folder {folder}: {link.relative_to(folder)} is a symbolic link; convlab does not write through links (remove it or use another folder)")
+
+
+def lock(folder: Path) -> None:
+    """Hold the folder's lock until this process ends; another process holding it is one ConvlabError line."""
+    folder = folder.resolve()
+    if folder in _held or fcntl is None:
+        return
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise ConvlabError(f"cannot use run folder {folder}: {path.name}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConvlabError(f"run folder {folder} is in use by another convlab process{who}; wait for it to end, or use another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held[folder] = fd
+
+
+def unlock(folder: Path) -> None:
+    """Release the lock this process holds on `folder` (a no-op when it holds none)."""
+    fd = _held.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether some live process (this one included) holds `folder`'s lock."""
+    if folder.resolve() in _held:
+        return True
+    if fcntl is None or not (folder / LOCK_NAME).is_file():
+        return False
+    fd = os.open(folder / LOCK_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def settle(folder: Path) -> bool:
+    """Rewrite a summary.json that says "running" although no process holds the run: "interrupted". True if it did."""
+    path = folder / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return False
+    if not isinstance(summary, dict) or summary.get("status") != "running" or is_locked(folder):
+        return False
+    from convlab.checkpoint import write_atomic
+
+    summary |= {"status": "interrupted", "error": GONE}
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    return True
+
+
+def _mkdir(folder: Path, exist_ok: bool) -> bool:
+    """Create `folder` (and parents); True when this call created it. OS refusals are one line."""
+    if exist_ok and folder.is_dir():
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=exist_ok)
+        return True
+    except FileExistsError:
+        if not folder.is_dir():
+            raise ConvlabError(f"cannot use {folder} as a run folder: it exists and is not a folder") from None
+        if exist_ok:
+            return False
+        raise
+    except OSError as e:
+        raise ConvlabError(f"cannot create run folder {folder}: {e.strerror}") from None
+
+
+@dataclass
+class Claim:
+    """A folder this process took for a run or a sweep: what was there before, so a failed start can be undone."""
+
+    folder: Path
+    created: bool
+    before: set[str] = field(default_factory=set)
+
+    def release(self) -> None:
+        """Drop the lock; if no run was written (no summary.json), remove what this start added."""
+        unlock(self.folder)
+        for run in [self.folder, *(d for d in self.folder.iterdir() if d.is_dir())] if self.folder.is_dir() else []:
+            settle(run)  # a sweep's jobs stopped with it (Ctrl-C under a parallel launcher, say)
+        if not self.folder.is_dir() or (self.folder / "summary.json").exists() or holds_sweep(self.folder):
+            return  # a run (or a sweep's jobs) was written: keep everything
+        if self.created:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        for entry in self.folder.iterdir():
+            if entry.name not in self.before and (entry.name in (".hydra", "train.log", LOCK_NAME) or entry.name.startswith("events.out.tfevents.")):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
+    """Take `folder` for a new run (or sweep), locked; a default name that is taken gets the next free suffix."""
+    if not explicit:
+        base = folder
+        for i in range(1, 10_000):
+            folder = base if i == 1 else base.with_name(f"{base.name}-{i}")
+            try:
+                if _mkdir(folder, exist_ok=False):
+                    break
+            except FileExistsError:
+                continue
+        lock(folder)
+        return Claim(folder, created=True)
+    created = _mkdir(folder, exist_ok=True)
+    before = {p.name for p in folder.iterdir()}
+    taken = lambda: holds_sweep(folder) if sweep else holds_run(folder)  # noqa: E731
+    if not taken():  # checked again under the lock: another process may have started there meanwhile
+        lock(folder)
+    if taken():
+        unlock(folder)
+        if LOCK_NAME not in before:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+        what = "a sweep" if sweep else "a run"
+        from convlab.resume import command
+
+        hint = "choose another hydra.sweep.dir" if sweep else f"continue it with: {command(folder)}, or choose another folder"
+        raise ConvlabError(f"{folder} already holds {what}; a new one would overwrite it: {hint}")
+    check_links(folder)
+    return Claim(folder, created, before)

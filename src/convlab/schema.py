@@ -1,0 +1,317 @@
+"""One validation path: every value of a composed config is checked here, before anything is built.
+
+`validate(cfg, command)` looks each key of a rule table up by its dotted path (a group's keys
+are checked when the selected group has them), then refuses the combinations that cannot
+train. It builds nothing and writes nothing, so the CLI can call it before Hydra creates a run
+folder, and `train.setup` on configs read back from checkpoints. Every refusal is one
+ConfigError line: `KEY=VALUE is not allowed; expected ...` (or `choose one of: ...`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from convlab.errors import ConfigError
+from convlab.models.layers import CONV_IMPLS
+from convlab.perf import PRECISIONS
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+LOADERS = ("auto", "device", "dataloader")
+LOSSES = ("bce", "hinge", "wgan-gp")
+D_NORMS = ("auto", "batch", "layer", "none")
+AUGMENTS = ("crop_padding", "flip")
+CHANNELS = 3  # every dataset convlab ships is RGB: data.mean and data.std need one entry each
+MAX_SEED = 2**32 - 1  # numpy, and so Optuna's sampler (seeded with ${seed}), takes seeds below 2**32
+GROUPS = ("optim", "sched", "data", "model", "task", "gan")  # their keys are checked when present
+GAN_TASK = "convlab.tasks.gan.GANTask"
+
+# A check returns None for a good value, otherwise what is allowed ("expected ..." or "choose one of: ...").
+Check = Callable[[Any], "str | None"]
+_ABSENT, _DEFERRED = object(), object()  # no such key; a ${hydra:...} value that Hydra fills in when it runs
+
+
+def is_int(v: Any) -> bool:
+    """An int, not a bool (YAML's true is no number)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float, not a bool: NaN and inf would reach torch as silent garbage."""
+    return is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
+    """An integer within [minimum, maximum] (either end may be open-ended)."""
+    if maximum is not None:
+        text = f"expected an integer in [{minimum}, {maximum}]"
+    else:
+        text = "expected an integer" + ("" if minimum is None else f" >= {minimum}")
+    return lambda v: None if is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum) else text
+
+
+def number(low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> Check:
+    """A finite number within the bounds; an open bound excludes its end."""
+    if high is None:
+        text = "expected a number" + ("" if low is None else f" {'>' if open_low else '>='} {low:g}")
+    else:
+        text = f"expected a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+    def check(v: Any) -> str | None:
+        if not is_number(v):
+            return text
+        above = low is None or (v > low if open_low else v >= low)
+        return None if above and (high is None or (v < high if open_high else v <= high)) else text
+
+    return check
+
+
+def choice(*options: Any) -> Check:
+    """One of `options`, compared with their types (1 is not true, "true" is not true)."""
+    text = "choose one of: " + ", ".join(str(o).lower() if isinstance(o, bool) else str(o) for o in options)
+    return lambda v: None if any(type(v) is type(o) and v == o for o in options) else text
+
+
+def optional(check: Check) -> Check:
+    """null, or what `check` allows."""
+
+    def check_or_null(v: Any) -> str | None:
+        allowed = None if v is None else check(v)
+        return allowed and allowed.replace("expected ", "expected null or ", 1)
+
+    return check_or_null
+
+
+def list_of(item: Check, text: str, length: int | None = None) -> Check:
+    """A non-empty list (of `length` entries, if given) whose entries all pass `item`."""
+    return lambda v: None if isinstance(v, list) and v and (length is None or len(v) == length) and all(item(x) is None for x in v) else f"expected {text}"
+
+
+def string(v: Any) -> str | None:
+    """A string (a path, mostly)."""
+    return None if isinstance(v, str) else "expected a string"
+
+
+def device(v: Any) -> str | None:
+    """A device spec that `config.resolve_device` understands."""
+    return None if isinstance(v, str) and DEVICE_PATTERN.fullmatch(v) else "choose one of: auto, cpu, cuda, cuda:N, mps"
+
+
+def augment(v: Any) -> str | None:
+    """null, or a mapping of augmentation settings with known keys (their values have rules of their own)."""
+    ok = v is None or (isinstance(v, dict) and set(v) <= set(AUGMENTS))
+    return None if ok else f"expected a mapping with the keys {', '.join(AUGMENTS)}"
+
+
+flag = choice(True, False)
+seed = integer(0, MAX_SEED)
+positive = number(0, open_low=True)
+fraction = number(0, 1, open_high=True)  # [0, 1)
+positive_ints = list_of(integer(1), "a non-empty list of positive integers")
+
+TRAIN: dict[str, Check] = {
+    "epochs": integer(1),
+    "batch_size": integer(1),
+    "seed": seed,
+    "device": device,
+    "deterministic": flag,
+    "resume": optional(string),
+    "out_dir": string,
+    "trainer.log_every": integer(1),
+    "trainer.eval_every": integer(1),
+    "trainer.devices": integer(1),
+    "trainer.stop_after": optional(integer(1)),
+    "trainer.precision": choice("auto", *PRECISIONS),
+    "trainer.channels_last": choice("auto", True, False),
+    "trainer.compile": flag,
+    "trainer.sync_bn": flag,
+    # Any torch optimizer: the settings they share. Every other value is checked by _numbers_only.
+    "optim.lr": positive,
+    "optim.weight_decay": number(0),
+    "optim.momentum": fraction,
+    "optim.eps": positive,
+    "optim.betas": list_of(fraction, "a list of two numbers in [0, 1)", 2),
+    "optim.nesterov": flag,
+    "sched.warmup_epochs": number(0),
+    "sched.min_lr_ratio": number(0, 1),
+    "sched.pct_start": number(0, 1, open_low=True, open_high=True),
+    "sched.max_lr_factor": positive,
+    "sched.div_factor": positive,
+    "sched.final_div_factor": positive,
+    "sched.step_epochs": integer(1),
+    "sched.gamma": positive,
+    "data.root": string,
+    "data.download": flag,
+    "data.cache_dir": string,
+    "data.image_size": integer(8),
+    "data.val_fraction": number(0, 1, open_low=True, open_high=True),
+    "data.split_seed": seed,
+    "data.split": choice("test", "val"),
+    "data.augment": augment,
+    "data.augment.crop_padding": integer(0),
+    "data.augment.flip": flag,
+    "data.mean": list_of(number(), f"a list of {CHANNELS} finite numbers (one per channel)", CHANNELS),
+    "data.std": list_of(positive, f"a list of {CHANNELS} numbers > 0 (one per channel)", CHANNELS),
+    "data.loader": choice(*LOADERS),
+    "data.workers": optional(integer(0)),
+    "data.num_train": integer(2),
+    "data.num_test": integer(1),
+    "data.seed": seed,
+    "data.noise": number(0),
+    "model.conv_impl": choice(*CONV_IMPLS),
+    "model.channels": positive_ints,
+    "model.dilations": positive_ints,
+    "model.hidden": integer(1),
+    "model.dropout": fraction,
+    "model.z_dim": integer(1),
+    "model.dim": integer(1),
+    "model.d_norm": choice(*D_NORMS),
+    "task.label_smoothing": fraction,
+    "gan.loss": choice(*LOSSES),
+    "gan.d_steps": integer(1),
+    "gan.gp_weight": number(0),
+    "gan.fid_every": integer(0),
+    "gan.fid_samples": integer(2),
+}
+BENCH = TRAIN | {
+    "bench.steps": integer(2),
+    "bench.warmup": integer(1),
+    "bench.repeats": integer(1),
+    "bench.workers": optional(integer(0)),
+    "bench.json": optional(string),
+}
+EVAL = {"ckpt": string, "device": device, "batch_size": integer(1), "data.split": choice("test", "val"), "data.root": optional(string)}
+SAMPLE = {"ckpt": string, "device": device, "n": integer(1), "seed": seed, "interpolate": flag, "out": string}
+RULES = {"train": TRAIN, "bench": BENCH, "eval": EVAL, "sample": SAMPLE}
+
+# Models that take only some image sizes: (test, what is allowed). The constructors check again,
+# because a dataset without data.image_size (cifar10) reveals its size only once it is loaded.
+IMAGE_SIZES: dict[str, tuple[Callable[[int], bool], str]] = {
+    "convlab.models.dcgan.DCGAN": (lambda s: s >= 8 and s & (s - 1) == 0, "4·2^k (8, 16, 32, 64, 128, ...)"),
+    "convlab.models.alexnet.AlexNetLite": (lambda s: s % 8 == 0, "a multiple of 8 (three 2×2 max-pools)"),
+}
+
+
+def refuse(key: str, value: Any, allowed: str, context: str = "") -> ConfigError:
+    """The one-line error for `key=value`; `context` names the other setting that rules it out."""
+    return ConfigError(f"{key}={value!r} is not allowed{f' with {context}' if context else ''}; {allowed}")
+
+
+def require_int(name: str, value: Any, minimum: int) -> int:
+    """`value` if it is an integer >= `minimum`; otherwise a ConfigError naming `name`."""
+    if (allowed := integer(minimum)(value)) is not None:
+        raise refuse(name, value, allowed)
+    return value
+
+
+def val_size(num_images: int, val_fraction: float) -> int:
+    """How many of `num_images` training images `val_fraction` holds out for validation (at least one)."""
+    return max(1, round(num_images * val_fraction))
+
+
+def check_batch_fits(batch_size: int, num_train: int, val_fraction: float) -> None:
+    """Refuse a batch larger than the training split.
+
+    The loaders would train on one short batch per epoch instead of `batch_size` images per
+    step: a different run than the one asked for, so it is refused rather than run quietly.
+    """
+    if batch_size > num_train:
+        raise ConfigError(
+            f"batch_size={batch_size} is larger than the {num_train} training images "
+            f"(after data.val_fraction={val_fraction}); use a smaller batch_size"
+        )
+
+
+def _lookup(cfg: DictConfig, path: str) -> Any:
+    """The plain value at `path` with interpolations resolved; _ABSENT without the key, None for ???."""
+    try:
+        value = OmegaConf.select(cfg, path, default=_ABSENT, throw_on_missing=True)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    except MissingMandatoryValue:
+        return None
+    except InterpolationResolutionError as e:
+        parent, _, leaf = path.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        raw = OmegaConf.to_container(node, resolve=False).get(leaf) if isinstance(node, DictConfig) else None
+        if isinstance(raw, str) and raw.startswith("${hydra:"):  # out_dir before Hydra has started the run
+            return _DEFERRED
+        raise ConfigError(f"{path} cannot be resolved: {str(e).splitlines()[0]}") from None
+
+
+def _numbers_only(get: Callable[[str], Any], group: str) -> None:
+    """Optimizer and schedule arguments are numbers, flags or lists of numbers, whichever class they go to."""
+    settings = get(group)
+    for key, value in settings.items() if isinstance(settings, dict) else ():
+        if key.startswith("_") or key == "name" or value is None or isinstance(value, bool):
+            continue
+        if not all(is_number(v) for v in (value if isinstance(value, list) else [value])):
+            raise refuse(f"{group}.{key}", value, "expected a number (or true/false, or a list of numbers)")
+
+
+def _train_combinations(get: Callable[[str], Any]) -> None:
+    """Values that are each fine but cannot train together, in the order a user would fix them."""
+    batch, devices = get("batch_size"), get("trainer.devices")
+    momentum, dampening = get("optim.momentum"), get("optim.dampening")  # torch's SGD defaults: 0 and 0
+    if get("optim.nesterov") is True and (momentum in (_ABSENT, 0) or dampening not in (_ABSENT, 0)):
+        raise refuse("optim.nesterov", True, "expected optim.momentum > 0 and optim.dampening=0 with it (torch refuses Nesterov otherwise)")
+    channels, dilations = get("model.channels"), get("model.dilations")
+    if channels is not _ABSENT and dilations is not _ABSENT and len(dilations) != len(channels):
+        raise refuse("model.dilations", dilations, f"expected a list of {len(channels)} positive integers (one per model.channels entry)")
+    if get("task._target_") == GAN_TASK:
+        mean, std = ([0.5] * CHANNELS if v is _ABSENT else v for v in (get("data.mean"), get("data.std")))  # ImageDataset's default
+        if any(abs(v - 0.5) > 1e-6 for v in [*mean, *std]):
+            raise ConfigError(
+                f"a GAN needs images scaled to [-1, 1] like its tanh output, but data.mean={mean} "
+                f"data.std={std}; set data.mean=[0.5,0.5,0.5] data.std=[0.5,0.5,0.5]"
+            )
+        loss, d_norm = get("gan.loss"), get("model.d_norm")
+        if loss == "wgan-gp" and get("trainer.precision") == "fp16":
+            raise ConfigError("gan.loss=wgan-gp with trainer.precision=fp16 is not supported (loss scaling of the gradient penalty); use bf16 or fp32")
+        if loss == "wgan-gp" and d_norm == "batch":  # the penalty assumes each critic value depends on its own sample only
+            raise ConfigError("gan.loss=wgan-gp needs a critic without BatchNorm; use model.d_norm=layer, none or auto")
+        if batch // devices < 2:
+            raise refuse("batch_size", batch, "expected at least 2 images per process (the generator's BatchNorm cannot train on one)", "a GAN")
+    size, model = get("data.image_size"), get("model._target_")
+    if model in IMAGE_SIZES and size is not _ABSENT and not IMAGE_SIZES[model][0](size):
+        raise refuse("data.image_size", size, f"expected {IMAGE_SIZES[model][1]}", f"model={get('model.name')}")
+    if devices > 1 and batch % devices:
+        raise refuse("batch_size", batch, f"expected a multiple of {devices} (batch_size is the global batch)", f"trainer.devices={devices}")
+    num_train, val_fraction = get("data.num_train"), get("data.val_fraction")
+    if num_train is not _ABSENT and val_fraction is not _ABSENT:  # a generated dataset: its size is known before anything is built
+        check_batch_fits(batch, num_train - val_size(num_train, val_fraction), val_fraction)
+
+
+def validate(cfg: DictConfig, command: str = "train") -> None:
+    """Refuse any value of `cfg` (composed for `command`: train, bench, eval or sample) that cannot run.
+
+    Raises a one-line ConfigError naming the key, its value and what is allowed.
+    """
+    if command not in RULES:
+        raise ValueError(f"unknown command {command!r}; expected one of {', '.join(RULES)}")
+    values: dict[str, Any] = {}
+
+    def get(path: str) -> Any:
+        if path not in values:
+            values[path] = _lookup(cfg, path)
+        return values[path]
+
+    if command in ("eval", "sample") and get("ckpt") in (None, ""):
+        raise ConfigError("ckpt=PATH is required: a .pt file or a run directory")
+    for key, check in RULES[command].items():
+        value = get(key)
+        if value is _DEFERRED or (value is _ABSENT and key.split(".")[0] in GROUPS):
+            continue
+        allowed = check(None if value is _ABSENT else value)
+        if allowed is not None:
+            raise refuse(key, None if value is _ABSENT else value, allowed)
+    if command in ("train", "bench"):
+        _numbers_only(get, "optim")
+        _numbers_only(get, "sched")
+        _train_combinations(get)
+    if command == "sample" and get("interpolate") and get("n") < 2:
+        raise refuse("n", get("n"), "expected an integer >= 2 (the two ends of the strip)", "interpolate=true")
