@@ -76,6 +76,11 @@ TARGETS = {
     "torch.optim's base class": lambda m: ("config.optim._target_", "torch.optim.Optimizer"),
     "a private torch name": lambda m: ("config.optim._target_", "torch.optim._functional"),
     "the sweep callback": lambda m: ("config.model._target_", "convlab.sweep.SweepSummary"),
+    "a dataset class as the model": lambda m: ("config.model", {"_target_": "convlab.data.cifar10.CIFAR10", "root": str(m), "download": True}),
+    "a model class as the optimizer": lambda m: ("config.optim._target_", "convlab.models.resnet.ResNet18"),
+    "no model target": lambda m: ("config.model._target_", None),
+    "a target in the gan node": lambda m: ("config.gan", _payload(m)),
+    "a _recursive_ instruction": lambda m: ("config.model._recursive_", True),
     "not a string": lambda m: ("config.model._target_", 42),
     "an interpolation": lambda m: ("config.data.root", "${oc.env:HOME}"),
     "an oc.create interpolation": lambda m: ("config.model", "${oc.create:{_target_: builtins.exec}}"),
@@ -100,11 +105,19 @@ def test_hostile_targets_are_refused_before_anything_is_built(case: str, reader:
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
 
 
-def test_every_shipped_target_is_allowed() -> None:
-    assert {"convlab.models.resnet.ResNet18", "convlab.schedules.cosine", "torch.optim.SGD"} <= trust.conf_targets()
-    assert "convlab.sweep.SweepSummary" not in trust.conf_targets()  # hydra callbacks never come from a checkpoint
-    for name in ("torch.optim.RMSprop", "torch.optim.lr_scheduler.StepLR"):
-        assert trust.allowed(name)
+def test_each_group_allows_its_own_targets_only() -> None:
+    targets = trust.conf_targets()
+    assert "convlab.models.resnet.ResNet18" in targets["model"] and "convlab.schedules.cosine" in targets["sched"]
+    assert "convlab.tasks.gan.GANTask" in targets["task"] and "convlab.data.synthetic.Synthetic" in targets["data"]
+    assert trust.allowed("optim", "torch.optim.RMSprop") and trust.allowed("sched", "torch.optim.lr_scheduler.StepLR")
+    assert not trust.allowed("model", "torch.optim.RMSprop") and not trust.allowed("data", "convlab.models.resnet.ResNet18")
+    assert not trust.allowed("optim", "torch.optim.Optimizer") and not trust.allowed("optim", "torch.optim.lr_scheduler.StepLR")
+
+
+def test_a_users_own_class_is_allowed_when_they_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not trust.allowed("model", "tests.conftest.TinyNet")
+    monkeypatch.setenv(trust.TRUST_ENV, "mypkg.Net, tests.conftest.TinyNet")
+    assert trust.allowed("model", "tests.conftest.TinyNet")
 
 
 # A checkpoint whose layout or contents do not fit: each is one line, whichever reader opens it.
@@ -117,6 +130,8 @@ LAYOUT = {
     "negative epoch": lambda s: s.__setitem__("epoch", -1),
     "history too short": lambda s: s.__setitem__("history", []),
     "history of strings": lambda s: s.__setitem__("history", [{"epoch": "one"}]),
+    "a target outside the config": lambda s: s["best"].__setitem__("x", {"_target_": "os.system"}),
+    "an unknown top-level key": lambda s: s.__setitem__("hook", {"_target_": "os.system"}),
     "data_info extra field": lambda s: s["data_info"].__setitem__("evil", 1),
     "data_info zero classes": lambda s: s["data_info"].__setitem__("num_classes", 0),
     "class names not strings": lambda s: s["data_info"].__setitem__("class_names", [1, 2]),

@@ -134,6 +134,9 @@ def _is_number(v: Any) -> bool:
 
 def _layout_problem(state: dict[str, Any]) -> str | None:
     """What is missing or mistyped in a loaded checkpoint's layout (None when it is whole)."""
+    unknown = sorted(set(state) - set(LAYOUT) - {"format"})
+    if unknown:
+        return f"it holds keys a convlab checkpoint does not ({', '.join(map(str, unknown[:3]))})"
     for key, kind in LAYOUT.items():
         if not isinstance(state.get(key), kind):
             return f"{key!r} is missing or not a {kind.__name__ if isinstance(kind, type) else kind[0].__name__}"
@@ -156,7 +159,7 @@ def _layout_problem(state: dict[str, Any]) -> str | None:
     if not all(isinstance(state["task"].get(k), dict) for k in ("models", "optimizers", "schedulers")):
         return "its task state lacks models, optimizers or schedulers"
     best = state["best"]
-    if best.get("mode") not in ("min", "max") or not isinstance(best.get("metric"), str) or not (best.get("value") is None or _is_number(best.get("value"))):
+    if set(best) != {"metric", "mode", "value", "epoch"} or best.get("mode") not in ("min", "max") or not isinstance(best.get("metric"), str) or not (best.get("value") is None or _is_number(best.get("value"))):
         return "its best-epoch record is malformed"
     return None
 

@@ -311,8 +311,8 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
             print(f"run {plan.run_dir} is finished (epoch {plan.state['epoch']} of {plan.state['config']['epochs']}); nothing to do", file=sys.stderr)
             return args, 0
         if plan.run_dir is not None:  # continue in the run's own folder, keeping its own .hydra config
-            rundir.lock(plan.run_dir)
             rundir.check_links(plan.run_dir)
+            rundir.lock(plan.run_dir)
             if not given("hydra.run.dir"):
                 args = [*args, f"hydra.run.dir={hydra_quote(str(plan.run_dir))}"]
             return [*args, "hydra.output_subdir=null"], None

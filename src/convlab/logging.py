@@ -112,7 +112,7 @@ class RunLogger:
         if not self.enabled:
             return
         for name, fig in results.get("figures", {}).items():
-            fig.savefig(self.out_dir / f"{name}.png")
+            write_atomic(self.out_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
             self.writer.add_figure(f"{split}/{name}", fig, epoch)
         for name, batch in results.get("images", {}).items():
             _save_grid(batch, self.out_dir / f"{name}.png")
@@ -154,8 +154,7 @@ def _save_grid(batch: Any, path: Path) -> Any:
     from torchvision.utils import make_grid, save_image
 
     grid = make_grid(batch.detach().float().cpu(), nrow=8, padding=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    write_atomic(path, lambda tmp: save_image(grid, tmp, format="png"))
     return grid
 
 

@@ -25,8 +25,10 @@ except ImportError:  # Windows: no flock; folders are still never reused, only c
 LOCK_NAME = ".convlab.lock"
 RUN_FILES = ("summary.json", "metrics.csv", "checkpoints")
 SWEEP_FILES = ("multirun.yaml", "summary.md", "summary.csv", "optimization_results.yaml")
-# Folders whose contents convlab or Hydra write by name: a symbolic link there would redirect a write.
-WRITTEN_FOLDERS = (".", ".hydra", "checkpoints")
+# What Hydra appends to or writes by name (train.log, .hydra/) and the folders convlab writes into:
+# a symbolic link there would send a write elsewhere. convlab's own files are replaced atomically,
+# which replaces a link instead of writing through it.
+REDIRECTS = ("train.log", ".hydra", "checkpoints", "samples")
 GONE = "the process ended while the run was running (killed, or its machine stopped); resume= continues from the last checkpoint"
 _held: dict[Path, int] = {}  # folder -> descriptor of the lock this process holds
 
@@ -46,15 +48,12 @@ def holds_sweep(folder: Path) -> bool:
 
 
 def check_links(folder: Path) -> None:
-    """Refuse a folder where a file convlab writes is a symbolic link (it would write through it, elsewhere)."""
-    for sub in WRITTEN_FOLDERS:
-        where = folder / sub
-        if sub != "." and where.is_symlink():
-            raise ConvlabError(f"run folder {folder}: {sub} is a symbolic link; convlab does not write through links (remove it or use another folder)")
-        if where.is_dir():
-            link = next((p for p in where.iterdir() if p.is_symlink()), None)
-            if link is not None:
-                raise ConvlabError(f"run folder {folder}: {link.relative_to(folder)} is a symbolic link; convlab does not write through links (remove it or use another folder)")
+    """Refuse a folder where a write of convlab's or Hydra's would go through a symbolic link, elsewhere."""
+    links = [folder / name for name in REDIRECTS if (folder / name).is_symlink()]
+    if (folder / ".hydra").is_dir() and not (folder / ".hydra").is_symlink():
+        links += [p for p in (folder / ".hydra").iterdir() if p.is_symlink()]
+    if links:
+        raise ConvlabError(f"run folder {folder}: {links[0].relative_to(folder)} is a symbolic link; convlab does not write through links (remove it or use another folder)")
 
 
 def lock(folder: Path) -> None:
@@ -176,6 +175,7 @@ def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
         return Claim(folder, created=True)
     created = _mkdir(folder, exist_ok=True)
     before = {p.name for p in folder.iterdir()}
+    check_links(folder)
     taken = lambda: holds_sweep(folder) if sweep else holds_run(folder)  # noqa: E731
     if not taken():  # checked again under the lock: another process may have started there meanwhile
         lock(folder)
@@ -188,5 +188,4 @@ def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
 
         hint = "choose another hydra.sweep.dir" if sweep else f"continue it with: {command(folder)}, or choose another folder"
         raise ConvlabError(f"{folder} already holds {what}; a new one would overwrite it: {hint}")
-    check_links(folder)
     return Claim(folder, created, before)

@@ -22,13 +22,13 @@ import yaml
 from convlab.errors import ConvlabError
 
 TRUST_ENV = "CONVLAB_TRUST_TARGETS"
+# Where a saved config names a target, and which group of conf/ lists the targets allowed there.
+SLOTS = {"model": "model", "data": "data", "optim": "optim", "sched": "sched", "task": "task", "gan": "task"}
 
 
 def _conf_targets(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         for k, v in node.items():
-            if k == "hydra":  # launchers and callbacks run in the sweep process, never from a checkpoint
-                continue
             if k == "_target_" and isinstance(v, str):
                 yield v
             yield from _conf_targets(v)
@@ -38,34 +38,25 @@ def _conf_targets(node: Any) -> Iterator[str]:
 
 
 @functools.cache
-def conf_targets() -> frozenset[str]:
-    """Every `_target_` named in this installation's conf/ (outside its hydra/ settings)."""
-    found: set[str] = set()
-    stack = [resources.files("convlab.conf")]
-    while stack:
-        folder = stack.pop()
-        for entry in folder.iterdir():
-            if entry.is_dir() and entry.name != "hydra":
-                stack.append(entry)
-            elif entry.name.endswith(".yaml"):
-                found.update(_conf_targets(yaml.safe_load(entry.read_text())))
-    return frozenset(found)
+def conf_targets() -> dict[str, frozenset[str]]:
+    """The `_target_`s each config group of this installation's conf/ names."""
+    root = resources.files("convlab.conf")
+    found: dict[str, frozenset[str]] = {}
+    for group in set(SLOTS.values()):
+        files = [e for e in (root / group).iterdir() if e.name.endswith(".yaml")]
+        found[group] = frozenset(t for e in files for t in _conf_targets(yaml.safe_load(e.read_text())))
+    return found
 
 
-def _is_torch_class(target: str) -> bool:
-    """torch.optim.NAME (an Optimizer) or torch.optim.lr_scheduler.NAME (an LRScheduler): classes, looked up, not called."""
+def _is_torch_class(target: str, module: str) -> bool:
+    """`module`.NAME is an Optimizer (torch.optim) or LRScheduler (torch.optim.lr_scheduler) class: looked up, not called."""
     import torch
 
-    module, _, name = target.rpartition(".")
-    if not name.isidentifier() or name.startswith("_"):
+    where, _, name = target.rpartition(".")
+    if where != module or not name.isidentifier() or name.startswith("_"):
         return False
-    if module == "torch.optim":
-        base, where = torch.optim.Optimizer, torch.optim
-    elif module == "torch.optim.lr_scheduler":
-        base, where = torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler
-    else:
-        return False
-    obj = getattr(where, name, None)
+    base = torch.optim.Optimizer if module == "torch.optim" else torch.optim.lr_scheduler.LRScheduler
+    obj = getattr(torch.optim if module == "torch.optim" else torch.optim.lr_scheduler, name, None)
     return isinstance(obj, type) and issubclass(obj, base) and obj is not base
 
 
@@ -74,13 +65,33 @@ def user_targets() -> set[str]:
     return {t.strip() for t in os.environ.get(TRUST_ENV, "").split(",") if t.strip()}
 
 
-def allowed(target: Any) -> bool:
-    """Whether a saved config may name `target`."""
-    return isinstance(target, str) and (target in conf_targets() or target in user_targets() or _is_torch_class(target))
+def allowed(group: str, target: Any) -> bool:
+    """Whether a saved config may name `target` as its `group` (model, data, optim, sched, task)."""
+    if not isinstance(target, str):
+        return False
+    torch_kind = {"optim": "torch.optim", "sched": "torch.optim.lr_scheduler"}.get(group)
+    return target in conf_targets()[group] or target in user_targets() or (torch_kind is not None and _is_torch_class(target, torch_kind))
 
 
 def check_config(config: Any, source: str) -> None:
-    """Refuse (one line naming `source`, the key and the value) a saved config that could call unlisted code."""
+    """Refuse (one line naming `source`, the key and the value) a saved config that could call unlisted code.
+
+    A target may stand only where convlab's own configs put one (model._target_, data._target_,
+    optim._target_, sched._target_, task._target_, gan._target_), and must be one of that group's.
+    """
+    if not isinstance(config, dict):
+        raise ConvlabError(f"{source}: its config is not a mapping")
+    for slot, group in SLOTS.items():
+        node = config.get(slot)
+        if node is None and slot == "gan":
+            continue
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if not allowed(group, target):
+            what = "convlab's own " + group + (" classes, torch optimizers" if group == "optim" else " classes")
+            raise ConvlabError(
+                f"{source}: config key {slot}._target_ is {target!r}, which is not one of conf/{group}/'s targets; "
+                f"refusing to build it (allowed: {what}, and what {TRUST_ENV} lists)"
+            )
     stack: list[tuple[str, Any]] = [("", config)]
     while stack:
         path, node = stack.pop()
@@ -89,11 +100,8 @@ def check_config(config: Any, source: str) -> None:
                 key = f"{path}.{k}" if path else str(k)
                 if not isinstance(k, str):
                     raise ConvlabError(f"{source}: config key {key!r} is not a string; refusing it")
-                if k == "_target_" and not allowed(v):
-                    raise ConvlabError(
-                        f"{source}: config key {key} names {v!r}, which convlab's conf/ does not name; "
-                        f"refusing to build it (only convlab's models, datasets, tasks, schedules, torch optimizers and {TRUST_ENV})"
-                    )
+                if k.startswith("_") and k != "_partial_" and not (k == "_target_" and path in SLOTS):
+                    raise ConvlabError(f"{source}: config key {key} is an instruction to Hydra ({v!r}) where convlab's configs hold none; refusing it")
                 stack.append((key, v))
         elif isinstance(node, list):
             stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
