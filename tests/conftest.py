@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 (pyproject's addopts): two workers share the cores, so each trains on one thread
+    # (and so do the convlab processes it starts); two-thread workers would oversubscribe them.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -84,6 +84,7 @@ def test_every_experiment_composes_and_its_first_job_steps(name: str, tmp_path: 
     assert all(v == v for v in metrics.values())  # one finite step
 
 
+@pytest.mark.slow  # 30-50 s: left out of the default run to keep CI under 10 minutes
 def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
     proc = run_cli("train", "-m", "hydra/launcher=parallel", "model=plain_cnn,hdc", *TINY, f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
@@ -95,6 +96,7 @@ def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
     assert all("fp32, 1 thread)" in text for text in logs)  # joblib split the 2 cores between the 2 workers
 
 
+@pytest.mark.slow  # 50 s: left out of the default run to keep CI under 10 minutes
 def test_submitit_local_sweep_keeps_its_summary(tmp_path: Path) -> None:
     # Two jobs through submitit, each with two tasks: one DDP process per task, as on SLURM.
     args = ["optim.lr=0.1,0.2", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "model._target_=tests.conftest.TinyNet"]
