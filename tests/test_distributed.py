@@ -43,18 +43,12 @@ def curves(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One process; two via trainer.devices=2; two via torchrun stopped after an epoch, then resumed."""
+    """One process, and two via trainer.devices=2."""
     root = tmp_path_factory.mktemp("ddp")
     train(make_cfg(root / "one", *COMMON))
     two = run_cli("train", "trainer.devices=2", *COMMON, f"hydra.run.dir={root / 'two'}")
     assert two.returncode == 0, two.stderr
-    cut = torchrun("train", *COMMON, "trainer.stop_after=1", f"hydra.run.dir={root / 'cut'}")
-    assert cut.returncode == 0, cut.stderr
-    assert json.loads((root / "cut" / "summary.json").read_text())["status"] == "stopped"
-    assert len(load_checkpoint(root / "cut")["rng"]) == 2  # each rank's random state
-    rest = torchrun("train", f"resume={root / 'cut'}")
-    assert rest.returncode == 0, rest.stderr
-    return {"root": root, "one": root / "one", "two": root / "two", "cut": root / "cut", "log": two.stdout + two.stderr}
+    return {"root": root, "one": root / "one", "two": root / "two", "log": two.stdout + two.stderr}
 
 
 def test_two_processes_train_like_one(runs: dict[str, Path]) -> None:
@@ -68,10 +62,17 @@ def test_two_processes_train_like_one(runs: dict[str, Path]) -> None:
 
 
 def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
-    assert sorted(p.name for p in runs["root"].iterdir()) == ["cut", "one", "two"]  # no folder per rank
+    assert sorted(p.name for p in runs["root"].iterdir()) == ["one", "two"]  # no folder per rank
     assert len(list(runs["two"].glob("events.out.tfevents.*"))) == 1
     assert runs["log"].count("epoch 3/3") == 1  # rank 1 printed no epoch lines
 
 
-def test_ddp_run_resumes_exactly(runs: dict[str, Path]) -> None:
-    assert curves(runs["cut"]) == curves(runs["two"])
+@pytest.mark.slow  # 35 s of process starts: left out of the default run to keep CI under 10 minutes
+def test_ddp_run_resumes_exactly(runs: dict[str, Path], tmp_path: Path) -> None:
+    cut = torchrun("train", *COMMON, "trainer.stop_after=1", f"hydra.run.dir={tmp_path / 'cut'}")  # two processes via torchrun
+    assert cut.returncode == 0, cut.stderr
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "stopped"
+    assert len(load_checkpoint(tmp_path / "cut")["rng"]) == 2  # each rank's random state
+    rest = torchrun("train", f"resume={tmp_path / 'cut'}")
+    assert rest.returncode == 0, rest.stderr
+    assert curves(tmp_path / "cut") == curves(runs["two"])

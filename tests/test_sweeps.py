@@ -110,6 +110,7 @@ def test_submitit_local_sweep_keeps_its_summary(tmp_path: Path) -> None:
         assert ddp["world_size"] == 2 and ddp["replicas_in_sync"]
 
 
+@pytest.mark.slow  # 25 s: left out of the default run to keep CI under 10 minutes
 def test_optuna_search_reports_its_best_trial(tmp_path: Path) -> None:
     proc = run_cli("train", "-m", "+search=lr_wd", "hydra.sweeper.n_trials=4", *TINY, "epochs=1", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr

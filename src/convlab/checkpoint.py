@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from convlab import trust
+from convlab import interrupts, trust
 from convlab.errors import ConvlabError
 
 FORMAT = "convlab-checkpoint/1"
@@ -43,8 +43,9 @@ def write_atomic(path: Path, write: Any) -> None:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with interrupts.critical():  # Ctrl-C or SIGTERM takes effect after the rename (or the clean-up)
+            write(tmp)
+            os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):

@@ -14,9 +14,7 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from importlib import resources
@@ -328,10 +326,6 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
 CLAIMS: list = []  # folders this process claimed (released, and emptied if nothing was written, at exit)
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `convlab` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -374,8 +368,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _prepare_train(args: list[str], first: DictConfig | None) -> tuple[list[str], int | None]:
     """`convlab train`: SIGTERM as Ctrl-C, then the folders claimed (by rank 0 for several processes, or by each started process)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    from convlab import interrupts
+
+    interrupts.install()  # SIGTERM like Ctrl-C, from Hydra's start on
     # A parallel sweep stopped by Ctrl-C leaves joblib's semaphores to its resource tracker, which warns in two lines.
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]))
     if "WORLD_SIZE" in os.environ:  # one of several training processes: rank 0 claims the folder for all

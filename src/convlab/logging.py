@@ -7,18 +7,20 @@ callers never check ranks.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 import math
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from convlab import interrupts
 from convlab.checkpoint import write_atomic
 from convlab.tasks.base import numbers_only
 
@@ -55,6 +57,17 @@ def _json(obj: Any) -> str:
     return re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
+def _critical(method: Callable) -> Callable:
+    """Run a writer method whole: a Ctrl-C or SIGTERM that arrives meanwhile takes effect after it (see interrupts.py)."""
+
+    @functools.wraps(method)
+    def whole(*args: Any, **kwargs: Any) -> Any:
+        with interrupts.critical():
+            return method(*args, **kwargs)
+
+    return whole
+
+
 class RunLogger:
     """Writes one run's curves and results into `out_dir`."""
 
@@ -73,6 +86,7 @@ class RunLogger:
         show = self.enabled and sys.stderr.isatty()
         return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not show)
 
+    @_critical
     def log_epoch(self, epoch: int, epochs: int, row: dict[str, float], history: list[dict[str, float]]) -> None:
         """Scalars of one epoch to TensorBoard, the whole history to metrics.csv, one line to the log."""
         if not self.enabled:
@@ -92,6 +106,7 @@ class RunLogger:
         w.writerows(history)
         write_atomic(self.out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
+    @_critical
     def log_images(self, images: dict[str, Any], step: int, per_epoch: bool) -> None:
         """Batches (N, C, H, W) in [0, 1] as 8-wide grids: a TensorBoard image and a PNG per name.
 
@@ -104,6 +119,7 @@ class RunLogger:
             self.writer.add_image(name, _save_grid(batch, path), step)
         self.writer.flush()
 
+    @_critical
     def log_final(self, epoch: int, split: str, results: dict[str, Any]) -> None:
         """End-of-run results of `split`: scalars and figures to TensorBoard; figures and image grids as PNGs.
 
@@ -121,6 +137,7 @@ class RunLogger:
                 self.writer.add_scalar(f"{split}/{key}", value, epoch)
         self.writer.flush()
 
+    @_critical
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """Hyperparameters and final metrics for the HPARAMS tab, inside this run's own event file.
 
@@ -143,6 +160,7 @@ class RunLogger:
             text = _json(summary)
             write_atomic(self.out_dir / "summary.json", lambda tmp: Path(tmp).write_text(text + "\n"))
 
+    @_critical
     def close(self) -> None:
         """Flush and close the event file."""
         if self.writer is not None:

@@ -6,10 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +14,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from convlab import distributed, resume, rundir
+from convlab import distributed, interrupts, resume, rundir
 from convlab.checkpoint import CKPT_DIR, remove_stale_temp_files
 from convlab.config import build, resolve_device, to_dict
-from convlab.errors import ConfigError, ConvlabError, Terminated
+from convlab.errors import ConfigError, ConvlabError
 from convlab.schema import validate
 from convlab.logging import RunLogger, flatten
 from convlab.perf import Precision, keep_freed_memory, resolve_speed_settings
@@ -46,23 +43,6 @@ def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
     flat = flatten({k: v for k, v in cfg.items() if k not in ("out_dir", "resume")})
     hp = {k.removesuffix("/name"): v for k, v in flat.items() if not k.rsplit("/", 1)[-1].startswith("_")}
     return {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in hp.items()}
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a SLURM time limit, docker stop, kill) ends the run like Ctrl-C: checkpoint kept, summary "interrupted"."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
@@ -155,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Resuming a finished run changes nothing and returns its summary. However the job ends
     (Ctrl-C, SIGTERM, an error), summary.json is left saying so, never "running".
     """
-    with sigterm_as_interrupt():
+    with interrupts.handled():  # SIGTERM (SLURM's time limit, docker stop, kill) ends the run like Ctrl-C
         plan = resume.plan(cfg.resume) if cfg.get("resume") else None
         if plan and plan.finished:
             log.info("run %s is finished (epoch %d of %d); nothing to do", plan.run_dir, plan.state["epoch"], plan.state["config"]["epochs"])
