@@ -101,7 +101,7 @@ def test_one_process_per_run_folder(tmp_path: Path) -> None:
 
 def test_two_cli_runs_into_one_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "convlab", "train", *TINY, "epochs=30", f"hydra.run.dir={out}"]
+    args = [sys.executable, "-m", "convlab", "train", *TINY, "epochs=5000", f"hydra.run.dir={out}"]  # still running when stopped
     first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
