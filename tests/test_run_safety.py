@@ -150,6 +150,17 @@ def test_the_users_own_command_with_resume_added(finished: Path) -> None:
     assert "epochs (saved 2, given 5)" in line and "model.name (saved 'plain_cnn', given 'hdc')" in line
 
 
+def test_resume_continues_in_the_runs_own_folder(finished: Path, tmp_path: Path) -> None:
+    from convlab.cli import _claim_folders
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "summary.json").unlink()  # not finished: a resume would train
+    with pytest.raises(ConvlabError, match=r"continues the run in .* itself; drop hydra.run.dir="):
+        _claim_folders([f"resume={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path / 'elsewhere'}"], None)
+    assert not (tmp_path / "elsewhere").exists() and not rundir.is_locked(run)
+
+
 def test_a_symbolic_link_in_a_run_folder_is_refused(finished: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished, run)

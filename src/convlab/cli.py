@@ -309,11 +309,12 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
             print(f"run {plan.run_dir} is finished (epoch {plan.state['epoch']} of {plan.state['config']['epochs']}); nothing to do", file=sys.stderr)
             return args, 0
         if plan.run_dir is not None:  # continue in the run's own folder, keeping its own .hydra config
+            if given("hydra.run.dir") and Path(_value(args, "hydra.run.dir", "")).resolve() != plan.run_dir.resolve():
+                raise ConfigError(f"resume={target} continues the run in {plan.run_dir} itself; drop hydra.run.dir= (to branch a new run, copy the checkpoint out of the run folder)")
             rundir.check_links(plan.run_dir)
             rundir.lock(plan.run_dir)
-            if not given("hydra.run.dir"):
-                args = [*args, f"hydra.run.dir={hydra_quote(str(plan.run_dir))}"]
-            return [*args, "hydra.output_subdir=null"], None
+            args = [a for a in args if not a.startswith("hydra.run.dir=")]
+            return [*args, f"hydra.run.dir={hydra_quote(str(plan.run_dir))}", "hydra.output_subdir=null"], None
     if first is None:  # --cfg, --help and friends write no run
         return args, None
     multirun = "-m" in args or "--multirun" in args or first.hydra.mode == RunMode.MULTIRUN
