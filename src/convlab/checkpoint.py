@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from convlab import interrupts, trust
 from convlab.errors import ConvlabError
+from convlab.schema import validate
 
 FORMAT = "convlab-checkpoint/1"
 CKPT_DIR = "checkpoints"
@@ -120,9 +121,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if problem:
         raise ConvlabError(f"checkpoint {p} is damaged or not a convlab checkpoint: {problem}")
     trust.check_config(state["config"], f"checkpoint {p}")
-    from convlab.schema import validate  # the same value checks as a command line
-
-    try:
+    try:  # the same value checks as a command line
         validate(OmegaConf.create(state["config"]))
     except ConvlabError as e:
         raise ConvlabError(f"checkpoint {p}: its config is not valid ({e})") from None

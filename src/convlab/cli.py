@@ -65,14 +65,11 @@ def user_errors(resume_hint: bool = False) -> Iterator[None]:
     """
     try:
         yield
-    except OSError as e:
-        if e.errno not in USER_OS_ERRORS:
-            raise
-        log.error("cannot use %s: %s", e.filename or "a file", e.strerror)
-        if not _in_sweep():
-            sys.exit(2)
-        _record_failure(e)
-    except ConvlabError as e:
+    except (ConvlabError, OSError) as e:
+        if isinstance(e, OSError):
+            if e.errno not in USER_OS_ERRORS:
+                raise
+            e = ConvlabError(f"cannot use {e.filename or 'a file'}: {e.strerror}")
         log.error("%s", e)
         if not _in_sweep():
             sys.exit(2)

@@ -9,7 +9,6 @@ pasted back into a shell as printed, whatever the folder's name holds.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from convlab import rundir
 from convlab.checkpoint import CKPT_DIR, find_checkpoint, load_checkpoint, run_dir_of
 from convlab.errors import ConfigError, ConvlabError
 
@@ -50,14 +50,6 @@ class Plan:
     finished: bool
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
 def plan(resume: str, overrides: list[str] = ()) -> Plan:
     """Check a `resume=` before anything is written: the checkpoint, its place in its run, the given overrides."""
     path = find_checkpoint(resume)
@@ -76,14 +68,13 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
                     f"epochs {state['epoch'] + 1}-{newest}; continue the run with resume={run_dir}, or copy {path.name} out of {run_dir} to branch a new run"
                 )
     check_overrides(state["config"], list(overrides))
-    summary = _summary(run_dir) if run_dir else {}
-    finished = run_dir is not None and state["epoch"] >= state["config"]["epochs"] and summary.get("status") == "ok"
+    finished = run_dir is not None and state["epoch"] >= state["config"]["epochs"] and rundir.read_summary(run_dir).get("status") == "ok"
     return Plan(path, run_dir, state, finished)
 
 
 def finished_summary(p: Plan) -> dict[str, Any]:
     """What `train` returns for a finished run: its summary as written, untouched."""
-    return _summary(p.run_dir) or {"status": "ok", "out_dir": str(p.run_dir)}
+    return rundir.read_summary(p.run_dir)  # plan() found it saying "ok"
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from convlab.errors import ConvlabError
 
@@ -101,20 +102,25 @@ def is_locked(folder: Path) -> bool:
         os.close(fd)
 
 
-def settle(folder: Path) -> bool:
-    """Rewrite a summary.json that says "running" although no process holds the run: "interrupted". True if it did."""
+def read_summary(folder: Path) -> dict[str, Any]:
+    """The folder's summary.json as a dict; {} when it is missing, a link, unreadable or not an object."""
     path = folder / "summary.json"
     try:
-        summary = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+        summary = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else {}
     except (OSError, ValueError):
-        return False
-    if not isinstance(summary, dict) or summary.get("status") != "running" or is_locked(folder):
-        return False
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def settle(folder: Path) -> None:
+    """In `folder` and its subfolders (a sweep's jobs): a summary.json that says "running" while no process holds the run becomes "interrupted"."""
     from convlab.checkpoint import write_atomic
 
-    summary |= {"status": "interrupted", "error": GONE}
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
-    return True
+    for run in [folder, *(d for d in folder.iterdir() if d.is_dir())] if folder.is_dir() else []:
+        summary = read_summary(run)
+        if summary.get("status") == "running" and not is_locked(run):
+            summary |= {"status": "interrupted", "error": GONE}
+            write_atomic(run / "summary.json", lambda tmp, s=summary: Path(tmp).write_text(json.dumps(s, indent=2) + "\n"))
 
 
 def _mkdir(folder: Path, exist_ok: bool) -> bool:
@@ -145,8 +151,7 @@ class Claim:
     def release(self) -> None:
         """Drop the lock; if no run was written (no summary.json), remove what this start added."""
         unlock(self.folder)
-        for run in [self.folder, *(d for d in self.folder.iterdir() if d.is_dir())] if self.folder.is_dir() else []:
-            settle(run)  # a sweep's jobs stopped with it (Ctrl-C under a parallel launcher, say)
+        settle(self.folder)  # a sweep's jobs stopped with it (Ctrl-C under a parallel launcher, say)
         if not self.folder.is_dir() or (self.folder / "summary.json").exists() or holds_sweep(self.folder):
             return  # a run (or a sweep's jobs) was written: keep everything
         if self.created:

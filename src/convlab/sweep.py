@@ -28,9 +28,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        for job in sweep_dir.iterdir():
-            if job.is_dir():
-                rundir.settle(job)  # a job whose process died mid-run says so
+        rundir.settle(sweep_dir)  # a job whose process died mid-run says so
         runs = find_runs([sweep_dir])
         rows = table(runs)
         text = to_markdown(rows)

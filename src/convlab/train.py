@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from convlab import distributed, interrupts, resume, rundir
 from convlab.checkpoint import CKPT_DIR, remove_stale_temp_files
@@ -148,8 +148,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(run: Run, plan: resume.Plan | None) -> dict[str, Any]:
+    """Fit the run; however it ends, its summary.json says how (never "running")."""
     started = time.perf_counter()
-    cfg, trainer, logger, task = run.cfg, run.trainer, run.logger, run.task
+    cfg, trainer, task = run.cfg, run.trainer, run.task
     summary: dict[str, Any] = {
         "status": "running",
         "started": datetime.now().isoformat(timespec="milliseconds"),
@@ -165,7 +166,6 @@ def _run(run: Run, plan: resume.Plan | None) -> dict[str, Any]:
     try:
         return _fit(run, summary, started)
     except BaseException as e:
-        trainer = run.trainer
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         ended = {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch}
         if (trainer.ckpt_dir / "last.pt").is_file():

@@ -79,7 +79,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ConvlabError(f"the checkpoint's loss-scaler state is malformed ({type(e).__name__}: {e})") from None
         rngs = state["rng"]  # one per rank; a run resumed on another number of processes takes rank 0's
-        if not rngs or not all(isinstance(r, dict) for r in rngs):
+        if not rngs:
             raise ConvlabError("the checkpoint's random-number state is malformed (expected one entry per process)")
         set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
         self.epoch, self.history = state["epoch"], list(state["history"])
