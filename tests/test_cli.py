@@ -53,6 +53,10 @@ def test_demo_learns_the_synthetic_data(demo_run: Path) -> None:
     summary = json.loads((demo_run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["model"] == "plain_cnn" and summary["epochs"] == 2
     assert summary["best"]["value"] >= 0.60  # the bar: well above the 10 % of chance
+    first = (demo_run / "train.log").read_text().splitlines()[0]
+    # The run's first line says which precision and why (bf16 where this CPU has native bf16, fp32 elsewhere).
+    assert f"precision {summary['precision']} (auto: " in first and summary["precision_reason"] in first
+    assert ("has native bf16" in first) == (summary["precision"] == "bf16")
 
 
 def test_run_folder_holds_config_events_metrics_and_checkpoints(demo_run: Path) -> None:
@@ -84,6 +88,7 @@ def test_eval_reproduces_the_validation_accuracy(demo_run: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     final_val = json.loads((demo_run / "summary.json").read_text())["final"]["val/acc"]
     assert f"accuracy    {final_val:.4f}" in proc.stdout
+    assert "precision fp32 (auto: " in proc.stdout or "precision bf16 (auto: " in proc.stdout
     assert "striped-cross" in proc.stdout and "correct/images" in proc.stdout
 
 

@@ -189,3 +189,12 @@ def test_cli_gan_run_and_sample(tmp_path: Path, faces_256: Path) -> None:
     assert Image.open(tmp_path / "each" / "sample_0000.png").size == (32, 32)
     sample_checkpoint(strip)
     assert Image.open(tmp_path / "strip.png").size == (2 + 7 * 34, 36)
+
+
+def test_gan_trains_under_bf16_without_nans(tmp_path: Path, faces_256: Path) -> None:
+    # bf16 keeps fp32's exponent range: no loss scaling, and D's and G's losses stay finite.
+    summary = train(gan_cfg(tmp_path / "run", faces_256, "epochs=2", "trainer.precision=bf16"))
+    assert summary["status"] == "ok" and summary["precision"] == "bf16"
+    history = load_checkpoint(tmp_path / "run")["history"]
+    losses = [row[k] for row in history for k in ("train/loss/D", "train/loss/G")]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

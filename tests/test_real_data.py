@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 from convlab.checkpoint import load_checkpoint
 from convlab.train import train
-from tests.conftest import make_cfg
+from tests.conftest import REPO, make_cfg
 
 
 def test_plain_cnn_learns_real_cifar10_in_two_epochs(cifar_root: Path, tmp_path: Path) -> None:
@@ -17,3 +21,20 @@ def test_plain_cnn_learns_real_cifar10_in_two_epochs(cifar_root: Path, tmp_path:
     history = load_checkpoint(tmp_path)["history"]
     assert summary["test"]["acc"] >= 0.30, summary["test"]
     assert history[1]["train/loss"] < history[0]["train/loss"] < 2.2
+
+
+def test_plain_script_baseline_trains_on_its_own(cifar_root: Path, tmp_path: Path) -> None:
+    """scripts/plain_torch_baseline.py, the yardstick of docs/BENCHMARKS.md: a whole run, importing only convlab's model."""
+    out = tmp_path / "weights.pt"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "scripts" / "plain_torch_baseline.py"), "--data", str(cifar_root),
+         "--epochs", "1", "--limit-train-batches", "2", "--workers", "1", "--out", str(out)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1].startswith("test  loss ") and "val/acc" in proc.stdout
+    assert set(torch.load(out, weights_only=True)) >= {"head.weight", "head.bias"}
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    ours = {m for m in imported if m.split(".")[0] == "convlab"}
+    assert ours and all(m in ("convlab", "convlab.baseline", "convlab.errors") or m.startswith("convlab.models") for m in ours), ours
+    assert not {"hydra", "omegaconf", "tensorboard"} & imported

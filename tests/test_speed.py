@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from convlab.bench import bench, format_table
 from convlab.checkpoint import load_checkpoint
 from convlab.data.base import choose_loader
 from convlab.data.loader import ArrayDataLoader, TensorLoader
+from convlab.perf import resolve_precision
 from convlab.train import setup, train
 from tests.conftest import SMALL, make_cfg
 
@@ -113,6 +115,7 @@ def test_bench_measures_three_loops(tmp_path: Path) -> None:
     with initialize_config_module("convlab.conf", version_base="1.3"):
         cfg = compose("bench", overrides=[*SMALL, "model.channels=[8,8,8]", "bench.steps=3", "bench.warmup=1", "bench.repeats=2", "bench.workers=1"])
     result = bench(cfg)
+    assert result["reference_pid"] != os.getpid()  # loop 3 ran as a user's script runs: its own process
     assert set(result["images_per_s"]) == {"convlab", "bare", "reference"}
     assert all(len(r) == 2 and min(r) > 0 for r in result["runs"].values())
     assert result["ratios"]["1/2"] == pytest.approx(result["images_per_s"]["convlab"] / result["images_per_s"]["bare"])
@@ -129,3 +132,36 @@ def test_compiled_run_reports_compile_time_apart(tmp_path: Path) -> None:
     # Epoch 1's first step compiles (seconds); later steps and epoch 2's first step do not.
     assert history[0]["perf/first_step_s"] > 5 * history[1]["perf/first_step_s"]
     assert history[0]["perf/images_per_s"] > 0.5 * history[1]["perf/images_per_s"]
+
+
+def _caps(monkeypatch: pytest.MonkeyPatch, **features: object) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "x86_64", "cpu_name": "TestCPU", **features})
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    _caps(monkeypatch, avx512_bf16=True)
+    assert resolve_precision("auto", cpu) == ("bf16", "auto: TestCPU has native bf16 (avx512_bf16)")
+    _caps(monkeypatch, amx_bf16=True, avx512_bf16=False)
+    assert resolve_precision("auto", cpu)[0] == "bf16"
+    _caps(monkeypatch, avx2=True, avx512_bf16=False)
+    kind, why = resolve_precision("auto", cpu)
+    assert kind == "fp32" and "TestCPU has no native bf16 (avx512_bf16 or amx_bf16)" in why
+    assert resolve_precision("fp32", cpu) == ("fp32", "set by trainer.precision")  # fp32 still forces fp32
+    assert resolve_precision("auto", torch.device("cuda"))[0] == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "aarch64", "bf16": True})
+    assert resolve_precision("auto", cpu)[0] == "bf16"
+
+
+def test_auto_precision_reaches_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _caps(monkeypatch, avx512_bf16=True)
+    run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]"), write=False)
+    assert run.task.precision.kind == "bf16" and "native bf16" in run.task.precision.describe()
+
+
+def test_limit_train_batches_trains_that_many_steps_each_epoch(tmp_path: Path) -> None:
+    summary = train(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "epochs=2", "trainer.limit_train_batches=5", "sched=onecycle"))
+    state = load_checkpoint(tmp_path)
+    assert summary["status"] == "ok" and [row["epoch"] for row in state["history"]] == [1, 2]
+    assert state["task"]["schedulers"]["model"]["last_epoch"] == 10  # 2 epochs × 5 of the 8 batches; the schedule spans exactly those
+    assert state["task"]["schedulers"]["model"]["total_steps"] == 10

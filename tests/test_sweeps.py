@@ -93,7 +93,7 @@ def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
     (a0, a1), (b0, b1) = ((datetime.fromisoformat(s["started"]), datetime.fromisoformat(s["ended"])) for s in spans)
     assert a0 < b1 and b0 < a1  # the two jobs overlapped in time
     logs = [p.read_text() for p in tmp_path.glob("*/train.log")]
-    assert all("fp32, 1 thread)" in text for text in logs)  # joblib split the 2 cores between the 2 workers
+    assert all("(1 thread), precision fp32" in text for text in logs)  # joblib split the 2 cores between the 2 workers
 
 
 @pytest.mark.slow  # 50 s: left out of the default run to keep CI under 10 minutes

@@ -39,8 +39,9 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
-def test_same_seed_same_numbers(tmp_path: Path) -> None:
-    narrow = (*SMALL, "model.channels=[8,16,16]")  # determinism does not need width
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_numbers(tmp_path: Path, precision: str) -> None:
+    narrow = (*SMALL, "model.channels=[8,16,16]", f"trainer.precision={precision}")  # determinism does not need width
     a = train(make_cfg(tmp_path / "a", *narrow, "epochs=2", "seed=7"))
     b = train(make_cfg(tmp_path / "b", *narrow, "epochs=2", "seed=7"))
     train(make_cfg(tmp_path / "c", *narrow, "epochs=1", "seed=8"))
@@ -49,10 +50,19 @@ def test_same_seed_same_numbers(tmp_path: Path) -> None:
     assert history["a"][0]["train/loss"] != history["c"][0]["train/loss"]
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["model=alexnet_lite", "model.hidden=64", "trainer.precision=fp32"],
+        # bf16 without native support (CI's CPU) is emulated, ~10x slower: a narrow plain CNN
+        ["model=plain_cnn", "model.channels=[8,16,16]", "trainer.precision=bf16"],
+    ],
+    ids=["fp32", "bf16"],
+)
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: list[str]) -> None:
     # alexnet_lite has dropout, so this also checks that the global RNG state is restored;
     # 16×16 images keep it quick (and show that the input size comes from the data).
-    overrides = (*SMALL, "data.num_train=300", "data.image_size=16", "model=alexnet_lite", "model.hidden=64", "epochs=3", "sched=onecycle", "optim=adamw")
+    overrides = (*SMALL, "data.num_train=300", "data.image_size=16", *model, "epochs=3", "sched=onecycle", "optim=adamw")
     full = train(make_cfg(tmp_path / "full", *overrides))
 
     steps_per_epoch = 270 // 64  # 300 images less the 10 % validation split, full batches only

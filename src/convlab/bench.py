@@ -1,4 +1,4 @@
-"""`convlab bench`: training images/s of convlab's loop against a bare loop and a typical DataLoader loop."""
+"""`convlab bench`: training images/s of convlab's loop against a bare loop and a user's own DataLoader script."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,11 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
-from convlab.config import build
+from convlab.config import build, to_dict
 from convlab.errors import ConvlabError
 from convlab.perf import Precision
 from convlab.schema import validate
@@ -31,22 +30,8 @@ from convlab.trainer import sync
 LOOPS = {
     "convlab": "1 convlab train loop",
     "bare": "2 bare PyTorch loop, data on device",
-    "reference": "3 DataLoader + PIL transforms",
+    "reference": "3 plain script, own process",
 }
-
-
-class PILImages(Dataset):
-    """Images as a torchvision CIFAR-style dataset serves them: a PIL image per item, then transforms."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable) -> None:
-        self.images = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C), as torchvision's CIFAR10 keeps them
-        self.labels, self.transform = labels.tolist(), transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.fromarray(np.ascontiguousarray(self.images[i]))), self.labels[i]
 
 
 def _fresh_model_step(run: Run) -> Callable[[torch.Tensor, torch.Tensor], int]:
@@ -81,6 +66,34 @@ def _timed(step: Callable[[], int], warmup: int, steps: int, device: torch.devic
     return images / (time.perf_counter() - start)
 
 
+def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, repeats: int) -> Callable[[], dict[str, Any]]:
+    """Loop 3: convlab.baseline (scripts/plain_torch_baseline.py) timing the same model in its own process.
+
+    A user's script gets what that process gets: glibc's default allocator settings, per-image
+    PIL transforms in its own DataLoader workers, the default thread count. The run's training
+    images go to it as an .npz; it times `repeats` measurements of `steps` steps itself.
+    """
+    x, y = run.data.splits()["train"]
+    info, cfg = run.task.info, run.cfg
+    data = tmp / "train.npz"
+    np.savez(data, images=x.numpy(), labels=y.numpy(), mean=np.array(info.mean), std=np.array(info.std))
+    cmd = [
+        sys.executable, "-m", "convlab.baseline", "--data", str(data), "--model", json.dumps(to_dict(cfg.model)),
+        "--batch-size", str(cfg.batch_size), "--workers", str(workers), "--device", str(run.device),
+        "--precision", run.task.precision.kind, "--bench", f"{steps},{warmup},{repeats}", "--out", str(tmp / "unused.pt"),
+        *(["--channels-last"] if run.trainer.memory_format == torch.channels_last else []),
+    ]  # fmt: skip
+
+    def measure() -> dict[str, Any]:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConvlabError(f"bench loop 3 (python -m convlab.baseline) failed with exit code {proc.returncode}: {last}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return measure
+
+
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Measure the three loops `cfg.bench.repeats` times, interleaved; returns medians, spreads and ratios."""
     b = cfg.bench
@@ -108,39 +121,20 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         def bare_loop() -> float:
             return _timed(lambda: bare_step(x, y), warmup, steps, device)
 
-        ref_step = _fresh_model_step(run)
-        x_train, y_train = run.data.splits()["train"]
-        transform = T.Compose(
-            [T.RandomCrop(info.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(info.mean, info.std)]
-        )
-        reference = DataLoader(
-            PILImages(x_train, y_train, transform), bs, shuffle=True, drop_last=True, num_workers=workers,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        )  # fmt: skip
-        batches = iter(())
+        reference = _plain_script(run, Path(tmp), workers, steps, warmup, repeats)
 
-        def ref_batch() -> int:
-            nonlocal batches
-            try:
-                xb, yb = next(batches)
-            except StopIteration:
-                batches = iter(reference)
-                xb, yb = next(batches)
-            return ref_step(xb.to(device, non_blocking=True, memory_format=fmt), yb.to(device, non_blocking=True))
-
-        def reference_loop() -> float:
-            return _timed(ref_batch, warmup, steps, device)
-
-        loops = {"convlab": convlab_loop, "bare": bare_loop, "reference": reference_loop}
+        loops = {"convlab": convlab_loop, "bare": bare_loop}
         rates: dict[str, list[float]] = {name: [] for name in loops}
         for _ in range(repeats):
             for name, loop in loops.items():
                 rates[name].append(loop())
+        plain = reference()
+        rates["reference"] = plain["images_per_s"]
     med = {name: statistics.median(r) for name, r in rates.items()}
     return {
         "config": {
             "model": cfg.model.get("name"), "data": cfg.data.get("name"), "device": str(device), "batch_size": bs,
-            "precision": run.task.precision.kind, "channels_last": fmt == torch.channels_last, "compile": bool(cfg.trainer.compile),
+            "precision": run.task.precision.kind, "precision_reason": run.task.precision.reason, "channels_last": fmt == torch.channels_last, "compile": bool(cfg.trainer.compile),
             "steps": steps, "warmup": warmup, "repeats": repeats, "workers": workers,
         },  # fmt: skip
         "machine": {
@@ -150,6 +144,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "images_per_s": med,
         "runs": rates,
         "ratios": {"1/2": med["convlab"] / med["bare"], "1/3": med["convlab"] / med["reference"]},
+        "reference_pid": plain["pid"],
     }
 
 
@@ -160,7 +155,9 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"convlab bench: {c['model']} on {c['data']}, {c['device']} ({where}), batch {c['batch_size']}, {c['precision']}, "
         f"channels_last={c['channels_last']}, compile={c['compile']}, torch {m['torch']}",
-        f"{c['steps']} timed steps after {c['warmup']} warm-up, median of {c['repeats']}; loop 3 with {c['workers']} workers",
+        f"precision {c['precision']}: {c['precision_reason']}",
+        f"{c['steps']} timed steps after {c['warmup']} warm-up, median of {c['repeats']}; loops 1-2 interleaved in this process,",
+        f"loop 3 in its own process (python -m convlab.baseline: glibc's default allocator, SGD, {c['workers']} DataLoader workers)",
         "",
         f"{'loop':<40}{'images/s':>10}   runs",
     ]

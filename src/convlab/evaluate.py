@@ -14,12 +14,13 @@ from convlab.checkpoint import find_checkpoint, load_checkpoint
 from convlab.config import build, resolve_device
 from convlab.data.base import DataInfo
 from convlab.errors import ConfigError, ConvlabError
+from convlab.perf import Precision, resolve_precision
 from convlab.schema import validate
 from convlab.tasks.base import Task, numbers_only
 from convlab.trainer import batches_on
 
 
-def load_task(cfg: DictConfig, device: torch.device) -> tuple[Task, DictConfig, dict[str, Any], Path]:
+def load_task(cfg: DictConfig, device: torch.device, precision: Precision | None = None) -> tuple[Task, DictConfig, dict[str, Any], Path]:
     """The task of checkpoint `cfg.ckpt` with its trained weights on `device`; also its config, state and path.
 
     The checkpoint is untrusted: `load_checkpoint` reads weights only and checks its layout, its
@@ -32,7 +33,7 @@ def load_task(cfg: DictConfig, device: torch.device) -> tuple[Task, DictConfig, 
     saved = OmegaConf.create(state["config"])
     info = DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
     parts = {k: OmegaConf.to_container(saved[k]) for k in ("model", "optim", "sched")}
-    task = build(saved.task, "task", **parts, info=info, device=device, total_steps=1, steps_per_epoch=1)
+    task = build(saved.task, "task", **parts, info=info, device=device, total_steps=1, steps_per_epoch=1, precision=precision)
     try:
         task.load_state_dict(state["task"])
     except ConvlabError as e:
@@ -44,7 +45,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt` on `cfg.data.split`; returns the task's final evaluation (numbers only)."""
     validate(cfg, "eval")
     device = resolve_device(cfg.device)
-    task, saved, state, path = load_task(cfg, device)
+    kind, why = resolve_precision(cfg.precision, device)
+    task, saved, state, path = load_task(cfg, device, Precision(kind, device, why))
     saved.data.split = cfg.data.split
     if cfg.data.root is not None:
         saved.data.root = cfg.data.root
@@ -52,7 +54,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     loaders = data.loaders(cfg.batch_size, device)
     task.attach(loaders)
     result = task.evaluate(batches_on(loaders[saved.data.split], device), final=True)
-    meta = {"checkpoint": str(path), "epoch": state["epoch"], "model": saved.model.get("name"), "data": saved.data.get("name")}
+    meta = {"checkpoint": str(path), "epoch": state["epoch"], "model": saved.model.get("name"), "data": saved.data.get("name"),
+            "precision": task.precision.describe()}  # fmt: skip
     return numbers_only(result) | meta | {"split": saved.data.split, "images": len(loaders[saved.data.split].labels)}
 
 
@@ -60,7 +63,7 @@ def format_result(r: dict[str, Any]) -> str:
     """The evaluation as a small text report, with a per-class table for classifiers."""
     lines = [
         f"checkpoint  {r['checkpoint']}  ({r['model']} on {r['data']}, after epoch {r['epoch']})",
-        f"split       {r['split']} ({r['images']} images)",
+        f"split       {r['split']} ({r['images']} images), precision {r['precision']}",
     ]
     names = {"loss": "loss", "acc": "accuracy"}
     lines += [f"{names.get(k, k):<11} {v:.4f}" for k, v in r.items() if isinstance(v, float)]

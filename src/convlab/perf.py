@@ -40,8 +40,9 @@ class Precision:
     bf16 keeps fp32's exponent range, so it needs no loss scaling; fp16 does (GradScaler).
     """
 
-    def __init__(self, kind: str = "fp32", device: torch.device | str = "cpu") -> None:
+    def __init__(self, kind: str = "fp32", device: torch.device | str = "cpu", reason: str = "") -> None:
         self.kind, self.device_type, self.dtype = kind, torch.device(device).type, PRECISIONS[kind]
+        self.reason = reason  # why this kind, for the run's first line
         self.scaler = torch.amp.GradScaler(self.device_type) if kind == "fp16" else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -60,6 +61,10 @@ class Precision:
         self.scaler.step(optimizer)
         self.scaler.update()
 
+    def describe(self) -> str:
+        """The kind and why it was chosen: "fp32 (auto: ... has no native bf16 ...)"."""
+        return f"{self.kind} ({self.reason})" if self.reason else self.kind
+
     def state_dict(self) -> dict[str, Any]:
         """The loss scaler's state (empty without one)."""
         return self.scaler.state_dict() if self.scaler else {}
@@ -70,13 +75,43 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def resolve_speed_settings(trainer_cfg: Any, device: torch.device) -> tuple[str, bool]:
-    """`trainer.precision` and `trainer.channels_last`, with `auto` resolved for the device.
+NATIVE_BF16 = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16", "sve_bf16"), "arm64": ("bf16", "sve_bf16")}
 
-    auto: bf16 and channels_last on CUDA (tensor cores, cuDNN's NHWC kernels); fp32 and NCHW elsewhere.
+
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, and why (from torch's own CPU feature detection)."""
+    caps = torch.cpu.get_capabilities()
+    features = NATIVE_BF16.get(caps.get("architecture", ""), ())
+    found = [f for f in features if caps.get(f)]
+    name = caps.get("cpu_name") or caps.get("architecture", "this CPU")
+    if found:
+        return True, f"{name} has native bf16 ({', '.join(found)})"
+    wanted = " or ".join(features) or "a bf16 instruction set"
+    return False, f"{name} has no native bf16 ({wanted}); emulated bf16 is slower than fp32"
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """`trainer.precision` with `auto` resolved for the device, and the reason for the choice.
+
+    auto: bf16 on CUDA (tensor cores) and on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16),
+    where it is ~1.9× fp32; fp32 elsewhere, where emulated bf16 is several times slower.
     """
-    cuda = device.type == "cuda"
-    precision = trainer_cfg.get("precision", "auto")
-    precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
+    if requested != "auto":
+        return requested, "set by trainer.precision"
+    if device.type == "cuda":
+        return "bf16", "auto: CUDA"
+    if device.type == "cpu":
+        native, why = cpu_bf16()
+        return ("bf16" if native else "fp32"), f"auto: {why}"
+    return "fp32", f"auto: {device.type}"
+
+
+def resolve_speed_settings(trainer_cfg: Any, device: torch.device) -> tuple[str, str, bool]:
+    """`trainer.precision` (with its reason) and `trainer.channels_last`, `auto` resolved for the device.
+
+    channels_last auto: true on CUDA (cuDNN's NHWC kernels); on the CPU NCHW measured as fast or
+    faster for the classifiers (docs/BENCHMARKS.md).
+    """
+    precision, why = resolve_precision(trainer_cfg.get("precision", "auto"), device)
     channels_last = trainer_cfg.get("channels_last", "auto")
-    return precision, cuda if channels_last == "auto" else channels_last
+    return precision, why, device.type == "cuda" if channels_last == "auto" else channels_last

@@ -126,6 +126,7 @@ TRAIN: dict[str, Check] = {
     "trainer.eval_every": integer(1),
     "trainer.devices": integer(1),
     "trainer.stop_after": optional(integer(1)),
+    "trainer.limit_train_batches": optional(integer(1)),
     "trainer.precision": choice("auto", *PRECISIONS),
     "trainer.channels_last": choice("auto", True, False),
     "trainer.compile": flag,
@@ -185,7 +186,7 @@ BENCH = TRAIN | {
     "bench.workers": optional(integer(0)),
     "bench.json": optional(string),
 }
-EVAL = {"ckpt": string, "device": device, "batch_size": integer(1), "data.split": choice("test", "val"), "data.root": optional(string)}
+EVAL = {"ckpt": string, "device": device, "batch_size": integer(1), "precision": choice("auto", *PRECISIONS), "data.split": choice("test", "val"), "data.root": optional(string)}
 SAMPLE = {"ckpt": string, "device": device, "n": integer(1), "seed": seed, "interpolate": flag, "out": string}
 RULES = {"train": TRAIN, "bench": BENCH, "eval": EVAL, "sample": SAMPLE}
 

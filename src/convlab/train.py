@@ -90,18 +90,18 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
         raise ConfigError(f"trainer.sync_bn=true needs CUDA devices (SyncBatchNorm has no {device.type} kernels); drop it")
     if world_size > 1 and cfg.batch_size % world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over {world_size} processes")
-    precision, channels_last = resolve_speed_settings(cfg.trainer, device)
+    precision, why, channels_last = resolve_speed_settings(cfg.trainer, device)
     seed_everything(cfg.seed, cfg.deterministic)
     config = to_dict(cfg)
 
     data = build(cfg.data, "data")
     info = data.info
     loaders = data.loaders(cfg.batch_size, device, seed=cfg.seed, rank=rank, world_size=world_size, training=True)
-    steps_per_epoch = len(loaders["train"])
+    steps_per_epoch = min(len(loaders["train"]), cfg.trainer.limit_train_batches or len(loaders["train"]))
     task = build(
         cfg.task, "task",
         model=config["model"], optim=config["optim"], sched=config["sched"], info=info, device=device,
-        total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, precision=Precision(precision, device),
+        total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, precision=Precision(precision, device, why),
     )  # fmt: skip
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for model in task.models.values():
@@ -116,7 +116,7 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
     trainer = Trainer(
         task, loaders, logger, device, cfg.epochs, out_dir, meta,
         log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format,
-        stop_after=cfg.trainer.stop_after, rank=rank, world_size=world_size, save=write,
+        stop_after=cfg.trainer.stop_after, limit_train_batches=cfg.trainer.limit_train_batches, rank=rank, world_size=world_size, save=write,
     )  # fmt: skip
     if state:
         try:
@@ -159,6 +159,7 @@ def _run(run: Run, plan: resume.Plan | None) -> dict[str, Any]:
         "parameters": task.num_parameters(),
         "device": str(run.device),
         "precision": task.precision.kind,
+        "precision_reason": task.precision.reason,
         "out_dir": cfg.out_dir,
     }
     if plan and plan.run_dir is None:
@@ -183,9 +184,9 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     logger.write_summary(summary)
     sizes = " / ".join(f"{len(run.loaders[s].labels)} {s}" for s in ("train", "val", "test"))
     n = torch.get_num_threads()
-    threads = f", {n} thread{'s' * (n != 1)}" if run.device.type == "cpu" else ""
-    log.info("%s on %s: %s parameters, %s images, device %s (%s%s), output %s", summary["model"], summary["data"],
-             f"{summary['parameters']:,}", sizes, run.device, task.precision.kind, threads, cfg.out_dir)  # fmt: skip
+    threads = f" ({n} thread{'s' * (n != 1)})" if run.device.type == "cpu" else ""
+    log.info("%s on %s: %s parameters, %s images, device %s%s, precision %s, output %s", summary["model"], summary["data"],
+             f"{summary['parameters']:,}", sizes, run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
     test = trainer.fit()
     checksums = trainer.replica_checksums() if trainer.world_size > 1 else None
     final = trainer.history[-1] if trainer.history else {}

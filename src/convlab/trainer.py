@@ -55,12 +55,13 @@ class Trainer:
         eval_every: int = 1,
         memory_format: torch.memory_format = torch.contiguous_format,
         stop_after: int | None = None,
+        limit_train_batches: int | None = None,
         rank: int = 0,
         world_size: int = 1,
         save: bool = True,
     ) -> None:
         self.task, self.loaders, self.logger, self.device = task, loaders, logger, device
-        self.memory_format, self.stop_after = memory_format, stop_after
+        self.memory_format, self.stop_after, self.limit_train_batches = memory_format, stop_after, limit_train_batches
         self.epochs, self.log_every, self.eval_every = epochs, log_every, eval_every
         self.ckpt_dir, self.meta, self.save = Path(out_dir) / CKPT_DIR, meta, save
         # Under DDP every rank trains on its shard; rank 0 alone evaluates, logs and saves.
@@ -97,7 +98,7 @@ class Trainer:
         for epoch in range(self.epoch + 1, self.epochs + 1):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.task.scalars()}
-            train_metrics, perf = self.train_epoch(epoch)
+            train_metrics, perf = self.train_epoch(epoch, max_steps=self.limit_train_batches)
             row |= _prefixed("train", train_metrics)
             images: dict[str, torch.Tensor] = {}
             if self.is_main and (epoch % self.eval_every == 0 or epoch == self.epochs):

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -127,6 +126,8 @@ class _AugmentedArray(Dataset):
     """Images of a uint8 (N, C, H, W) tensor, each cropped, flipped and normalised by torchvision."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, crop_padding: int, flip: bool, mean: Sequence[float], std: Sequence[float]) -> None:
+        from torchvision.transforms import v2  # here, not at the top: importing torchvision costs ~2 s (it loads torch._dynamo)
+
         self.images, self.labels = images, labels
         steps: list = [v2.RandomCrop(images.shape[-2:], padding=crop_padding)] if crop_padding else []
         steps += [v2.RandomHorizontalFlip()] if flip else []
