@@ -77,7 +77,7 @@ def test_tensorboard_curves_images_and_hparams(demo_run: Path) -> None:
     loss = [s.value for s in ea.Scalars("train/loss")]
     assert loss[1] < loss[0]
     assert "test/acc" in tags["scalars"] and "test/loss" in tags["scalars"]
-    assert "test/confusion_matrix" in tags["images"]
+    assert {"test/confusion_matrix", "test/effective_field"} <= set(tags["images"])
     hparams = ea.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert b"plain_cnn" in hparams["_hparams_/session_start_info"] and b"test/acc" in hparams["_hparams_/experiment"]
@@ -215,3 +215,13 @@ def test_preview_script_writes_one_row_per_class(tmp_path: Path) -> None:
 def test_sample_needs_a_generator(demo_run: Path) -> None:
     line = one_error_line(run_cli("sample", f"ckpt={demo_run}"))
     assert "plain_cnn classifier" in line and "model=dcgan" in line
+
+
+def test_inspect_a_trained_run(demo_run: Path, tmp_path: Path) -> None:
+    proc = run_cli("inspect", f"ckpt={demo_run}", f"out={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained: " in proc.stdout and "features.2" in proc.stdout and "MACs" in proc.stdout
+    saved = json.loads((tmp_path / "inspect.json").read_text())
+    summary = json.loads((demo_run / "summary.json").read_text())
+    assert saved["total"] == {"parameters": summary["parameters"], "macs": summary["macs"]}
+    assert (tmp_path / "effective_field.png").is_file() and not (demo_run / "inspect.json").exists()

@@ -239,6 +239,7 @@ BROKEN_RUNS = {
     "invalid JSON": ({"summary.json": '{"status": "ok",'}, "summary.json is not JSON"),
     "JSON list": ({"summary.json": "[1, 2]"}, "summary.json holds [1, 2], not a JSON object"),
     "parameters": ({"summary.json": json.dumps(GOOD_SUMMARY | {"parameters": "many"})}, "parameters is 'many'; expected a count"),
+    "macs": ({"summary.json": json.dumps(GOOD_SUMMARY | {"macs": -5})}, "macs is -5; expected a count"),
     "best": ({"summary.json": json.dumps(GOOD_SUMMARY | {"best": 5})}, "best is 5; expected an object with metric, mode and value"),
     "confusion": ({"summary.json": json.dumps(GOOD_SUMMARY | {"test": {"acc": 0.4, "confusion": [[1, 2]]}})}, "test.confusion is"),
     "status": ({"summary.json": json.dumps(GOOD_SUMMARY | {"status": "exploded"})}, "status 'exploded' is not one of ok, failed"),

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlab.models.layers import ConvBNAct, ManualConv2d, conv2d_im2col, conv_class
+from convlab.errors import ConfigError
+from convlab.models.layers import CONV_KINDS, ConvBNAct, ManualConv2d, Shift, conv2d_im2col, conv_class, create_conv2d
 
 GRID = list(itertools.product([1, 2], [0, 1, 2], [1, 2, 3], [1, 2, 4], [True, False]))
 
@@ -64,3 +65,71 @@ def test_conv_bn_act_shape_and_parts() -> None:
     block = ConvBNAct(3, 16, 3, stride=2, padding=1, conv_impl="manual")
     assert isinstance(block[0], ManualConv2d) and isinstance(block[1], nn.BatchNorm2d) and isinstance(block[2], nn.ReLU)
     assert block(torch.randn(2, 3, 32, 32)).shape == (2, 16, 16, 16)
+
+
+KINDS = sorted(CONV_KINDS)
+
+
+def weights(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("cin,cout,k,g", [(64, 64, 3, 4), (32, 64, 3, 2), (16, 8, 5, 8)])
+def test_parameter_counts_per_kind_follow_the_formulas(cin: int, cout: int, k: int, g: int) -> None:
+    count = {kind: weights(create_conv2d(cin, cout, k, padding=k // 2, conv=kind, groups=g)) for kind in KINDS}
+    assert count["standard"] == cin * cout * k * k
+    assert count["separable"] == cin * k * k + 2 * cin + cin * cout  # depthwise, its BatchNorm, pointwise
+    assert count["grouped"] == cin * cout * k * k // g
+    assert count["shift"] == cin * cout  # the shift itself has none
+    if (cin, cout, k) == (64, 64, 3):  # the course notes' example: 4,672 weights against 36,864
+        assert count["separable"] - 2 * cin == 4_672 and count["standard"] == 36_864
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (1, 0, 2), (2, 1, 1), (2, 2, 3)])
+@pytest.mark.parametrize("channels", [9, 20])  # 20 = 2 per offset + 2 left at the centre
+def test_shift_is_a_depthwise_convolution_with_one_hot_kernels(channels: int, stride: int, padding: int, dilation: int) -> None:
+    torch.manual_seed(0)
+    shift = Shift(channels, 3, stride, padding, dilation)
+    x = torch.randn(2, channels, 11, 10)
+    one_hot = torch.zeros(channels, 1, 3, 3)
+    for i, j, a, b in shift.parts:
+        one_hot[a:b, 0, i, j] = 1
+    assert (one_hot.sum((1, 2, 3)) == 1).all()  # every channel moved by exactly one offset
+    assert len({(i, j) for i, j, _, _ in shift.parts}) == 9  # all nine offsets used
+    torch.testing.assert_close(shift(x), F.conv2d(x, one_hot, None, stride, padding, dilation, groups=channels))
+    assert weights(shift) == 0
+
+
+def test_shift_passes_gradcheck() -> None:
+    x = torch.randn(1, 9, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(Shift(9, 3, padding=1, dilation=2), (x,))
+
+
+def test_grouped_convolution_shuffles_its_groups() -> None:
+    torch.manual_seed(0)
+    layer = create_conv2d(8, 12, 3, padding=1, conv="grouped", groups=4)
+    x = torch.randn(2, 8, 7, 7)
+    conv = layer[0]
+    y = F.conv2d(x, conv.weight, None, 1, 1, 1, 4)  # (N, 12, H, W): 4 groups of 3 channels
+    shuffled = y.view(2, 4, 3, 7, 7).transpose(1, 2).reshape(2, 12, 7, 7)
+    torch.testing.assert_close(layer(x), shuffled)
+
+
+def test_grouped_channels_that_do_not_split_are_one_error() -> None:
+    with pytest.raises(ConfigError, match=r"model.groups=3: a 8 -> 12 channel convolution does not split into 3 groups"):
+        create_conv2d(8, 12, 3, conv="grouped", groups=3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_and_manual_implementations_agree_for_every_kind(kind: str) -> None:
+    torch.manual_seed(0)
+    ref = create_conv2d(8, 16, 3, stride=2, padding=2, dilation=2, conv=kind, groups=4).eval()
+    manual = create_conv2d(8, 16, 3, stride=2, padding=2, dilation=2, conv=kind, groups=4, conv_impl="manual").eval()
+    manual.load_state_dict(ref.state_dict())
+    assert any(isinstance(m, ManualConv2d) for m in manual.modules())
+    x = torch.randn(2, 8, 12, 12)
+    torch.testing.assert_close(manual(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_one_by_one_convolutions_stay_standard() -> None:
+    assert type(create_conv2d(8, 16, 1, conv="separable")) is nn.Conv2d

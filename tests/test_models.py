@@ -14,6 +14,9 @@ from convlab.config import build
 from convlab.errors import ConfigError
 from convlab.models.alexnet import AlexNetLite
 from convlab.models.hdc import HDCNet, hdc_problems
+from convlab.models.layers import CONV_KINDS, GroupedConv, SeparableConv, ShiftConv
+
+KIND_CLASSES = {"separable": SeparableConv, "grouped": GroupedConv, "shift": ShiftConv}
 from tests.conftest import REPO, make_cfg
 
 CLASSIFIERS = sorted(
@@ -30,10 +33,14 @@ def test_all_lab_models_are_configured() -> None:
     assert {"plain_cnn", "hdc", "resnet18", "alexnet_lite"} <= set(CLASSIFIERS)
 
 
+@pytest.mark.parametrize("kind", sorted(CONV_KINDS))
 @pytest.mark.parametrize("name", CLASSIFIERS)
-def test_forward_backward(name: str, tmp_path: Path) -> None:
+def test_forward_backward(name: str, kind: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = build_model(name, tmp_path)
+    model = build_model(name, tmp_path, f"model.conv={kind}")
+    stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert type(stem) is torch.nn.Conv2d and stem.in_channels == 3 and stem.groups == 1  # the image-reading stem stays standard
+    assert kind == "standard" or any(isinstance(m, KIND_CLASSES[kind]) for m in model.modules())
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     logits = model(x)
     assert logits.shape == (4, 10)
@@ -50,11 +57,12 @@ def test_num_classes_comes_from_the_data(name: str, tmp_path: Path) -> None:
     assert build_model(name, tmp_path, num_classes=7).eval()(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("kind", sorted(CONV_KINDS))
 @pytest.mark.parametrize("name", CLASSIFIERS)
-def test_manual_convolution_gives_the_same_model(name: str, tmp_path: Path) -> None:
+def test_manual_convolution_gives_the_same_model(name: str, kind: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    ref = build_model(name, tmp_path).eval()
-    manual = build_model(name, tmp_path, "model.conv_impl=manual").eval()
+    ref = build_model(name, tmp_path, f"model.conv={kind}").eval()
+    manual = build_model(name, tmp_path, "model.conv_impl=manual", f"model.conv={kind}").eval()
     manual.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(manual(x), ref(x), atol=1e-4, rtol=1e-4)

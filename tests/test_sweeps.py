@@ -54,10 +54,14 @@ def test_report_draws_the_sweep(sweep: tuple[Path, object], tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "report.md").read_text()
     assert "`optim.lr=0.2`: ok" in md and "`optim.lr=1e+30`: **failed**: training diverged in epoch 1" in md
-    sizes = {name: (1200, 800) for name in ["curves.png"]} | {"test_accuracy.png": (1000, 510), "confusion.png": (700, 680)}
+    sizes = {name: (1200, 800) for name in ["curves.png"]} | {"test_accuracy.png": (1000, 510), "confusion.png": (700, 680), "accuracy_vs_macs.png": (900, 600)}
     for name, size in sizes.items():
         assert (tmp_path / name).stat().st_size > 10_000 and Image.open(tmp_path / name).size == size, name
         assert f"]({name})" in md
+    # Each finished run's effective receptive field, beside its accuracy; the failed job drew none.
+    assert "## Effective receptive fields" in md and md.count("![field](field_") == 3
+    assert all((tmp_path / f"field_{i}.png").read_bytes()[:4] == b"\x89PNG" for i in range(3))
+    assert "| MACs |" in md or "| MACs" in md
 
 
 def test_report_errors_are_one_line(tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert summary["status"] == "ok" and summary["epochs"] == 3 and summary["parameters"] == 94_986
+    assert summary["macs"] == 777_600 + 14_450_688 + 49_840_128 + 1_280  # 3 convs (30², 28², 26² outputs) + the linear head
     assert 0.0 <= summary["test"]["acc"] <= 1.0 and len(summary["test"]["per_class_acc"]) == 10
-    for name in ("metrics.csv", "summary.json", "confusion_matrix.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in ("metrics.csv", "summary.json", "confusion_matrix.png", "effective_field.png", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "summary.json").read_text())["best"] == summary["best"]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()

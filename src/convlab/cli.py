@@ -142,6 +142,16 @@ def bench_main(cfg: DictConfig) -> None:
             write_json(result, cfg.bench.json)
 
 
+@hydra.main(config_path=CONF, config_name="inspect", version_base="1.3")
+def inspect_main(cfg: DictConfig) -> None:
+    """`convlab inspect`: print the layer table; write inspect.json and the effective-field heatmap."""
+    from convlab.inspection import format_table, inspect_model
+
+    with user_errors():
+        result, title = inspect_model(cfg)
+        print(format_table(result, title))
+
+
 @hydra.main(config_path=CONF, config_name="report", version_base="1.3")
 def report_main(cfg: DictConfig) -> None:
     """`convlab report PATH...`: report.md with curves, bars and confusion matrix from run folders."""
@@ -156,6 +166,7 @@ COMMANDS = {
     "eval": (eval_main, "evaluate a checkpoint: convlab eval ckpt=outputs/DATE/TIME [data.split=val]"),
     "bench": (bench_main, "measure training images/s: convlab bench model=resnet18 device=cuda batch_size=512"),
     "sample": (sample_main, "draw from a trained GAN: convlab sample ckpt=RUN n=64 out=grid.png [interpolate=true]"),
+    "inspect": (inspect_main, "layers, parameters, MACs, receptive fields: convlab inspect model=hdc [model.conv=shift] [ckpt=RUN]"),
     "report": (report_main, "compare runs: convlab report outputs/multirun/DATE/TIME [more runs or sweeps] [out=DIR]"),
 }
 
@@ -166,7 +177,7 @@ USAGE = "\n".join(
         "usage: convlab COMMAND [-m] [KEY=VALUE ...] [Hydra flags]",
         "",
         "commands:",
-        *(f"  {name:<6} {text}" for name, (_, text) in COMMANDS.items()),
+        *(f"  {name:<7} {text}" for name, (_, text) in COMMANDS.items()),
         "",
         "convlab COMMAND --help shows the command's config groups and keys.",
     ]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -128,9 +129,10 @@ class RunLogger:
         """
         if not self.enabled:
             return
-        for name, fig in results.get("figures", {}).items():
-            write_atomic(self.out_dir / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
-            self.writer.add_figure(f"{split}/{name}", fig, epoch)
+        for name, fig in results.get("figures", {}).items():  # a matplotlib Figure or a picture (3, H, W) in [0, 1]
+            picture = fig if isinstance(fig, torch.Tensor) else _rendered(fig)  # rendered once, for the file and TensorBoard
+            save_png(picture, self.out_dir / f"{name}.png")
+            self.writer.add_image(f"{split}/{name}", picture, epoch)
         for name, batch in results.get("images", {}).items():
             _save_grid(batch, self.out_dir / f"{name}.png")
         for key, value in flatten(numbers_only(results)).items():
@@ -186,13 +188,27 @@ def image_grid(batch: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Te
     return grid
 
 
-def _save_grid(batch: torch.Tensor, path: Path) -> torch.Tensor:
-    """Save a batch in [0, 1] as an 8-wide grid PNG (written atomically); returns the grid (C, H, W)."""
+def save_png(picture: torch.Tensor, path: Path) -> None:
+    """A picture (C, H, W) in [0, 1] as a PNG file, written atomically (rounded as torchvision's save_image does)."""
     from PIL import Image
 
-    grid = image_grid(batch)
-    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # as torchvision's save_image rounds
+    pixels = picture.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     write_atomic(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="png"))
+
+
+def _rendered(fig: Any) -> torch.Tensor:
+    """A matplotlib Figure as an RGB picture (3, H, W) in [0, 1]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return torch.from_numpy(np.asarray(canvas.buffer_rgba())[..., :3].copy()).permute(2, 0, 1).float() / 255
+
+
+def _save_grid(batch: torch.Tensor, path: Path) -> torch.Tensor:
+    """Save a batch in [0, 1] as an 8-wide grid PNG (written atomically); returns the grid (C, H, W)."""
+    grid = image_grid(batch)
+    save_png(grid, path)
     return grid
 
 

@@ -54,6 +54,22 @@ def accuracy_bars(runs: list[RunRecord]) -> Figure:
     return fig
 
 
+def accuracy_vs_macs(runs: list[RunRecord]) -> Figure:
+    """Test accuracy against multiply-adds per image (log scale), one labelled point per run; 900×600 px."""
+    fig = Figure(figsize=(9, 6), dpi=100)
+    ax = fig.add_subplot()
+    for r in runs:
+        macs, acc = r.summary["macs"], r.value("test/acc")
+        ax.scatter(macs, acc, s=30)
+        ax.annotate(r.label, (macs, acc), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs per image (multiply-adds = FLOPs / 2), log scale")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
 def report(cfg: DictConfig) -> Path:
     """Write report.md and its figures for the runs under `cfg.paths` into `cfg.out`; returns report.md."""
     paths = [Path(p) for p in cfg.paths or []]
@@ -76,16 +92,21 @@ def report(cfg: DictConfig) -> Path:
         raise ConvlabError(f"cannot write the report into {out} ({e.strerror or e}); give a writable folder as out=") from None
 
 
-def _last_grid(run: RunRecord) -> Path | None:
-    """The run's last sample grid, if it is a PNG file of the run's own (never a link to a file elsewhere)."""
-    grids = sorted((run.path / "samples").glob("epoch_*.png"))
-    if not grids or grids[-1].is_symlink() or not grids[-1].is_file():  # a FIFO would block the copy forever
+def _own_png(path: Path) -> Path | None:
+    """`path` if it is a PNG file of the run's own (never a link to a file elsewhere, never a FIFO)."""
+    if path.is_symlink() or not path.is_file():  # a FIFO would block the copy forever
         return None
     try:
-        with open(grids[-1], "rb") as f:
-            return grids[-1] if f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE else None
+        with open(path, "rb") as f:
+            return path if f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE else None
     except OSError:
         return None
+
+
+def _last_grid(run: RunRecord) -> Path | None:
+    """The run's last sample grid, if it is a PNG of its own."""
+    grids = sorted((run.path / "samples").glob("epoch_*.png"))
+    return _own_png(grids[-1]) if grids else None
 
 
 def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
@@ -109,6 +130,18 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
         tested = [r for r in classifiers if r.value("test/acc") is not None]
         if tested:
             figure("test_accuracy.png", accuracy_bars(tested), "Final test accuracy")
+        counted = [r for r in tested if r.summary.get("macs")]
+        if counted:
+            figure("accuracy_vs_macs.png", accuracy_vs_macs(counted), "Test accuracy against MACs per image")
+        fields = [(r, _own_png(r.path / "effective_field.png")) for r in tested]
+        if any(png for _, png in fields):
+            md += ["## Effective receptive fields\n", "Mean |∂ centre unit / ∂ input| of each run's last spatial layer over 32 test images, after training.\n"]
+            md += ["| run | test accuracy | effective receptive field |", "|---|---|---|"]
+            for i, (r, png) in enumerate(fields):
+                if png:
+                    write_atomic(out / f"field_{i}.png", lambda tmp, png=png: shutil.copyfile(png, tmp))
+                    md.append(f"| `{r.label}` | {r.value('test/acc'):.3f} | ![field](field_{i}.png) |")
+            md.append("")
         best = max((r for r in tested if r.summary["test"].get("confusion")), key=lambda r: r.value("test/acc"), default=None)
         if best:
             names = list(best.summary["test"].get("per_class_acc") or {}) or [str(i) for i in range(len(best.summary["test"]["confusion"]))]

@@ -147,6 +147,7 @@ SUMMARY_FIELDS: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] =
     (("error",), lambda v: isinstance(v, str), "a string"),
     (("epochs",), _count, "a count"),
     (("parameters",), _count, "a count"),
+    (("macs",), _count, "a count"),
     (("wall_time_s",), _number, "a number"),
     (("images_per_s",), _number, "a number"),
     (("best",), lambda v: isinstance(v, dict) and {"metric", "mode", "value"} <= v.keys(), "an object with metric, mode and value"),
@@ -271,6 +272,7 @@ def table(runs: list[RunRecord]) -> list[dict[str, str]]:
             "epochs": _fmt(r.summary.get("epochs")),
             "wall s": _fmt(r.summary.get("wall_time_s"), 1),
             "parameters": f"{r.summary['parameters']:,}" if r.summary.get("parameters") else "",
+            "MACs": f"{r.summary['macs']:,}" if r.summary.get("macs") else "",
             "images/s": _fmt(r.summary.get("images_per_s"), 0),
         }
         rows.append(row)
@@ -294,5 +296,5 @@ def to_csv(rows: list[dict[str, str]]) -> str:
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
-        w.writerows([row | {"parameters": row["parameters"].replace(",", "")} for row in rows])
+        w.writerows([row | {k: row[k].replace(",", "") for k in ("parameters", "MACs")} for row in rows])
     return buf.getvalue()

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from convlab.errors import ConfigError
-from convlab.models.layers import CONV_IMPLS
+from convlab.models.layers import CONV_IMPLS, CONV_KINDS
 from convlab.perf import PRECISIONS
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -165,6 +165,8 @@ TRAIN: dict[str, Check] = {
     "data.seed": seed,
     "data.noise": number(0),
     "model.conv_impl": choice(*CONV_IMPLS),
+    "model.conv": choice(*CONV_KINDS),
+    "model.groups": integer(1),
     "model.channels": positive_ints,
     "model.dilations": positive_ints,
     "model.hidden": integer(1),
@@ -188,7 +190,8 @@ BENCH = TRAIN | {
 }
 EVAL = {"ckpt": string, "device": device, "batch_size": integer(1), "precision": choice("auto", *PRECISIONS), "data.split": choice("test", "val"), "data.root": optional(string)}
 SAMPLE = {"ckpt": string, "device": device, "n": integer(1), "seed": seed, "interpolate": flag, "out": string}
-RULES = {"train": TRAIN, "bench": BENCH, "eval": EVAL, "sample": SAMPLE}
+INSPECT = TRAIN | {"ckpt": optional(string), "out": string, "erf_images": integer(1)}
+RULES = {"train": TRAIN, "bench": BENCH, "eval": EVAL, "sample": SAMPLE, "inspect": INSPECT}
 
 # Models that take only some image sizes: (test, what is allowed). The constructors check again,
 # because a dataset without data.image_size (cifar10) reveals its size only once it is loaded.
@@ -277,6 +280,12 @@ def _train_combinations(get: Callable[[str], Any]) -> None:
             raise ConfigError("gan.loss=wgan-gp needs a critic without BatchNorm; use model.d_norm=layer, none or auto")
         if batch // devices < 2:
             raise refuse("batch_size", batch, "expected at least 2 images per process (the generator's BatchNorm cannot train on one)", "a GAN")
+    groups = get("model.groups")
+    if get("model.conv") == "grouped":  # the fixed widths (ResNet's defaults, AlexNet's) split into any groups dividing 64; their constructors check
+        for key in ("model.channels", "model.widths"):
+            counts = get(key)
+            if counts is not _ABSENT and any(c % groups for c in counts):
+                raise refuse("model.groups", groups, f"a number dividing every one of {key}={counts} (model.conv=grouped splits each convolution's channels)")
     size, model = get("data.image_size"), get("model._target_")
     if model in IMAGE_SIZES and size is not _ABSENT and not IMAGE_SIZES[model][0](size):
         raise refuse("data.image_size", size, f"expected {IMAGE_SIZES[model][1]}", f"model={get('model.name')}")
@@ -310,7 +319,7 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
         allowed = check(None if value is _ABSENT else value)
         if allowed is not None:
             raise refuse(key, None if value is _ABSENT else value, allowed)
-    if command in ("train", "bench"):
+    if command in ("train", "bench", "inspect"):
         _numbers_only(get, "optim")
         _numbers_only(get, "sched")
         _train_combinations(get)

@@ -57,6 +57,7 @@ class Run:
     trainer: Trainer
     logger: RunLogger
     state: dict[str, Any] | None
+    macs: int | None = None  # multiply-adds of one image's forward pass (classifiers)
 
 
 def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) -> Run:
@@ -103,6 +104,7 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
         model=config["model"], optim=config["optim"], sched=config["sched"], info=info, device=device,
         total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, precision=Precision(precision, device, why),
     )  # fmt: skip
+    macs = task.macs()  # before compile and DDP wrap: counting runs one forward pass
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for model in task.models.values():
         model.to(memory_format=memory_format)  # in place: the optimizers keep their parameters
@@ -126,7 +128,7 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
         log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
         if plan.run_dir is None:
             log.info("%s is not inside a run folder: a new run in %s branches from it", plan.checkpoint, out_dir)
-    return Run(cfg, device, data, loaders, task, trainer, logger, state)
+    return Run(cfg, device, data, loaders, task, trainer, logger, state, macs)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -157,6 +159,7 @@ def _run(run: Run, plan: resume.Plan | None) -> dict[str, Any]:
         "model": cfg.model.get("name"),
         "data": cfg.data.get("name"),
         "parameters": task.num_parameters(),
+        "macs": run.macs,
         "device": str(run.device),
         "precision": task.precision.kind,
         "precision_reason": task.precision.reason,
@@ -185,8 +188,9 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     sizes = " / ".join(f"{len(run.loaders[s].labels)} {s}" for s in ("train", "val", "test"))
     n = torch.get_num_threads()
     threads = f" ({n} thread{'s' * (n != 1)})" if run.device.type == "cpu" else ""
-    log.info("%s on %s: %s parameters, %s images, device %s%s, precision %s, output %s", summary["model"], summary["data"],
-             f"{summary['parameters']:,}", sizes, run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
+    macs = f", {run.macs / 1e6:,.1f} M MACs per image" if run.macs else ""
+    log.info("%s on %s: %s parameters%s, %s images, device %s%s, precision %s, output %s", summary["model"], summary["data"],
+             f"{summary['parameters']:,}", macs, sizes, run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
     test = trainer.fit()
     checksums = trainer.replica_checksums() if trainer.world_size > 1 else None
     final = trainer.history[-1] if trainer.history else {}

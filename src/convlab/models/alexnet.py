@@ -38,19 +38,21 @@ class AlexNetLite(nn.Module):
         hidden: int = 1024,
         dropout: float = 0.5,
         conv_impl: str = "torch",
+        conv: str = "standard",
+        groups: int = 4,
     ) -> None:
         super().__init__()
         if image_size % 8:
             raise ConfigError(f"alexnet_lite needs an image size divisible by 8 (three 2×2 max-pools), got {image_size}")
         c = (64, 192, 384, 256, 256)
 
-        def conv(cin: int, cout: int) -> nn.Module:
-            return ConvBNAct(cin, cout, 3, padding=1, bias=True, conv_impl=conv_impl)
+        def unit(cin: int, cout: int, kind: str = conv) -> nn.Module:
+            return ConvBNAct(cin, cout, 3, padding=1, bias=True, conv_impl=conv_impl, conv=kind, groups=groups)
 
         self.features = nn.Sequential(
-            conv(in_channels, c[0]), nn.MaxPool2d(2),
-            conv(c[0], c[1]), nn.MaxPool2d(2),
-            conv(c[1], c[2]), conv(c[2], c[3]), conv(c[3], c[4]), nn.MaxPool2d(2),
+            unit(in_channels, c[0], "standard"), nn.MaxPool2d(2),  # reads the image: stays standard
+            unit(c[0], c[1]), nn.MaxPool2d(2),
+            unit(c[1], c[2]), unit(c[2], c[3]), unit(c[3], c[4]), nn.MaxPool2d(2),
         )  # fmt: skip
         flat = c[4] * (image_size // 8) ** 2
         self.classifier = nn.Sequential(

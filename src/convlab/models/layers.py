@@ -1,4 +1,10 @@
-"""Shared building blocks: the hand-written convolution and conv-BN-activation."""
+"""Shared building blocks: the hand-written convolution, the convolution kinds and conv-BN-activation.
+
+Every model gets its k×k convolutions from `create_conv2d` (timm's pattern): `model.conv` picks
+the kind (standard, separable, grouped, shift), `model.conv_impl` the implementation of the
+convolutions inside it (torch's or the hand-written im2col). A new kind is one class here and
+one entry in CONV_KINDS.
+"""
 
 from __future__ import annotations
 
@@ -67,8 +73,98 @@ def conv_class(conv_impl: str) -> type[nn.Conv2d]:
     return CONV_IMPLS[conv_impl]
 
 
+def _standard(in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> nn.Module:
+    """nn.Conv2d (or the manual one): in_ch·out_ch·k² weights."""
+    return conv_class(conv_impl)(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=bias)
+
+
+class SeparableConv(nn.Sequential):
+    """MobileNet v1: depthwise k×k (groups = C_in) -> BN -> ReLU -> pointwise 1×1.
+
+    Weights: C_in·k² + C_in·C_out (+ 2·C_in for the BN), against C_in·C_out·k²: 64 -> 64 channels,
+    3×3: 576 + 4,096 = 4,672 against 36,864.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> None:
+        conv = conv_class(conv_impl)
+        super().__init__(
+            conv(in_ch, in_ch, kernel_size, stride, padding, dilation, groups=in_ch, bias=False),
+            nn.BatchNorm2d(in_ch),
+            nn.ReLU(inplace=True),
+            conv(in_ch, out_ch, 1, bias=bias),
+        )
+
+
+class GroupedConv(nn.Sequential):
+    """ShuffleNet: a k×k convolution in `groups` groups (C_in·C_out·k²/groups weights), then a channel shuffle.
+
+    The shuffle interleaves the groups' outputs, so the next grouped convolution mixes information across groups.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> None:
+        if in_ch % groups or out_ch % groups:
+            raise ConfigError(f"model.conv=grouped with model.groups={groups}: a {in_ch} -> {out_ch} channel convolution does not split into {groups} groups; choose groups dividing both")
+        conv = conv_class(conv_impl)
+        super().__init__(conv(in_ch, out_ch, kernel_size, stride, padding, dilation, groups=groups, bias=bias), nn.ChannelShuffle(groups))
+
+
+class Shift(nn.Module):
+    """Each channel moved by one offset of the k×k neighbourhood: zero parameters, zero multiply-adds (Wu et al. 2017).
+
+    The channels are split evenly over the k² offsets (the remainder stays at the centre);
+    dilation scales the offsets. Padding and stride act as in a k×k convolution, so
+    (N, C, H, W) -> (N, C, (H + 2p - d(k-1) - 1) // s + 1, same for W).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        per, k = channels // kernel_size**2, kernel_size
+        # (row offset, column offset, first channel, end channel) of each group of channels
+        self.parts = [(i, j, (i * k + j) * per, (i * k + j + 1) * per) for i in range(k) for j in range(k) if per]
+        if channels % k**2:
+            self.parts.append((k // 2, k // 2, k * k * per, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Slices of the zero-padded input, one offset per channel group."""
+        p, d, s, k = self.padding, self.dilation, self.stride, self.kernel_size
+        x = F.pad(x, (p, p, p, p))
+        ho, wo = (x.shape[2] - d * (k - 1) - 1) // s + 1, (x.shape[3] - d * (k - 1) - 1) // s + 1
+        return torch.cat([x[:, a:b, i * d : i * d + s * (ho - 1) + 1 : s, j * d : j * d + s * (wo - 1) + 1 : s] for i, j, a, b in self.parts], 1)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
+
+
+class ShiftConv(nn.Sequential):
+    """A shift (no weights) then a pointwise 1×1 convolution: C_in·C_out weights in place of C_in·C_out·k²."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> None:
+        super().__init__(Shift(in_ch, kernel_size, stride, padding, dilation), conv_class(conv_impl)(in_ch, out_ch, 1, bias=bias))
+
+
+CONV_KINDS = {"standard": _standard, "separable": SeparableConv, "grouped": GroupedConv, "shift": ShiftConv}
+
+
+def create_conv2d(
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    bias: bool = False,
+    conv: str = "standard",
+    conv_impl: str = "torch",
+    groups: int = 1,
+) -> nn.Module:
+    """A k×k convolution from in_ch to out_ch of kind `conv` (one of CONV_KINDS); 1×1 convolutions stay standard."""
+    kind = CONV_KINDS["standard" if kernel_size == 1 else conv]
+    return kind(in_ch, out_ch, kernel_size, stride, padding, dilation, bias, conv_impl, groups)
+
+
 class ConvBNAct(nn.Sequential):
-    """Conv2d -> BatchNorm2d -> ReLU, the unit every classifier here is built from."""
+    """Conv (of any kind) -> BatchNorm2d -> ReLU, the unit every classifier here is built from."""
 
     def __init__(
         self,
@@ -81,9 +177,10 @@ class ConvBNAct(nn.Sequential):
         bias: bool = False,
         conv_impl: str = "torch",
         act: bool = True,
+        conv: str = "standard",
+        groups: int = 1,
     ) -> None:
-        conv = conv_class(conv_impl)(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=bias)
-        layers: list[nn.Module] = [conv, nn.BatchNorm2d(out_ch)]
+        layers: list[nn.Module] = [create_conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias, conv, conv_impl, groups), nn.BatchNorm2d(out_ch)]
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)

@@ -27,6 +27,8 @@ class PlainCNN(nn.Module):
         dilations: Sequence[int] | None = None,
         kernel_size: int = 3,
         conv_impl: str = "torch",
+        conv: str = "standard",
+        groups: int = 4,
     ) -> None:
         super().__init__()
         # Positive ints, one rate per layer: checked by convlab.schema. No rates: plain 3×3 convs, however many layers.
@@ -40,10 +42,11 @@ class PlainCNN(nn.Module):
                 f"({kernel_size}×{kernel_size} kernels, no padding); use smaller rates"
             )
         widths = (in_channels, *channels)
+        # The first layer reads the image: it stays a standard convolution whatever model.conv says.
         self.features = nn.Sequential(
             *(
-                ConvBNAct(cin, cout, kernel_size, dilation=d, bias=True, conv_impl=conv_impl)
-                for cin, cout, d in zip(widths[:-1], widths[1:], dilations)
+                ConvBNAct(cin, cout, kernel_size, dilation=d, bias=True, conv_impl=conv_impl, conv="standard" if i == 0 else conv, groups=groups)
+                for i, (cin, cout, d) in enumerate(zip(widths[:-1], widths[1:], dilations))
             )
         )
         self.pool = nn.AdaptiveAvgPool2d(1)

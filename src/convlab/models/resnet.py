@@ -11,10 +11,10 @@ from convlab.models.layers import ConvBNAct
 class BasicBlock(nn.Module):
     """Two 3×3 conv-BN layers plus a shortcut (1×1 conv-BN projection when the shape changes)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, conv_impl: str = "torch") -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, conv_impl: str = "torch", conv: str = "standard", groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = ConvBNAct(in_ch, out_ch, 3, stride, padding=1, conv_impl=conv_impl)
-        self.conv2 = ConvBNAct(out_ch, out_ch, 3, 1, padding=1, conv_impl=conv_impl, act=False)
+        self.conv1 = ConvBNAct(in_ch, out_ch, 3, stride, padding=1, conv_impl=conv_impl, conv=conv, groups=groups)
+        self.conv2 = ConvBNAct(out_ch, out_ch, 3, 1, padding=1, conv_impl=conv_impl, act=False, conv=conv, groups=groups)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = ConvBNAct(in_ch, out_ch, 1, stride, conv_impl=conv_impl, act=False)
@@ -39,14 +39,17 @@ class ResNet18(nn.Module):
         image_size: int = 32,
         widths: tuple[int, ...] = (64, 128, 256, 512),
         conv_impl: str = "torch",
+        conv: str = "standard",
+        groups: int = 4,
     ) -> None:
         super().__init__()
+        # The stem reads the image and stays standard; model.conv applies to every 3×3 in the blocks, 1×1 shortcuts stay.
         self.stem = ConvBNAct(in_channels, widths[0], 3, 1, padding=1, conv_impl=conv_impl)
         blocks: list[nn.Module] = []
         in_ch = widths[0]
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks += [BasicBlock(in_ch, w, stride, conv_impl), BasicBlock(w, w, 1, conv_impl)]
+            blocks += [BasicBlock(in_ch, w, stride, conv_impl, conv, groups), BasicBlock(w, w, 1, conv_impl, conv, groups)]
             in_ch = w
         self.stages = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

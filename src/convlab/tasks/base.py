@@ -77,6 +77,10 @@ class Task(ABC):
         """Trainable parameters over all models."""
         return sum(p.numel() for m in self.models.values() for p in m.parameters() if p.requires_grad)
 
+    def macs(self) -> int | None:
+        """Multiply-adds of one image's forward pass, for summaries and reports; None where it means nothing."""
+        return None
+
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """Everything needed to continue training exactly."""
         return {

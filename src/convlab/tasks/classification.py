@@ -44,6 +44,13 @@ class ClassificationTask(Task):
         self.optimizers = {"model": self.optimizer}
         self.schedulers = {"model": self.scheduler}
 
+    def macs(self) -> int:
+        """The classifier's multiply-adds for one image (convlab.inspection; FLOPs / 2)."""
+        from convlab.inspection import macs_of
+
+        info = self.info
+        return macs_of(self.model, (info.in_channels, info.image_size, info.image_size))
+
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """Forward, cross-entropy, backward, optimizer and schedule step."""
         x, y = batch
@@ -57,13 +64,19 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable, final: bool = False) -> dict[str, Any]:
-        """Mean loss and accuracy; with `final`, per-class accuracy, the confusion matrix and its figure."""
+        """Mean loss and accuracy; with `final`, per-class accuracy, the confusion matrix and the figures.
+
+        The final figures: the confusion matrix (a matplotlib Figure), and the effective receptive
+        field of the last spatial layer over the first 32 images (a picture; convlab.inspection).
+        """
         self.train(False)
         k = self.info.num_classes
         device = next(self.model.parameters()).device
         loss_sum = torch.zeros((), device=device)
         confusion = torch.zeros(k * k, dtype=torch.long, device=device)  # row = true class, column = prediction
+        first = None
         for x, y in loader:
+            first = x[:32] if first is None else first
             with self.precision.autocast():
                 logits = self.model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
@@ -75,7 +88,11 @@ class ClassificationTask(Task):
             per_class = cm.diag().double() / cm.sum(1).clamp(min=1)
             result["per_class_acc"] = dict(zip(self.info.class_names, per_class.tolist()))
             result["confusion"] = cm.tolist()
+            from convlab.inspection import field_image, field_of
             from convlab.plots import confusion_figure  # matplotlib costs ~0.7 s to import: only when needed
 
-            result["figures"] = {"confusion_matrix": confusion_figure(cm, self.info.class_names)}
+            result["figures"] = {
+                "confusion_matrix": confusion_figure(cm, self.info.class_names),
+                "effective_field": field_image(field_of(self.model, first)[0]),  # a picture (3, H, W), drawn without matplotlib
+            }
         return result

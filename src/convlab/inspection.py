@@ -1,0 +1,223 @@
+"""`convlab inspect`: a model's layers with output shapes, parameters, MACs and receptive fields.
+
+MACs are counted by torch.utils.flop_counter.FlopCounterMode, which counts 2 FLOPs per
+multiply-add (MACs = FLOPs / 2), on one image; it counts what actually runs, so the manual
+im2col convolution (a batched matmul) and the shift (slicing: none) are counted like the rest.
+The theoretical receptive field of each layer follows the main path: r += d·(k-1)·jump,
+jump *= stride. The effective field (Luo et al. 2016) is the mean |∂ centre unit / ∂ input|
+over real images, drawn as a heatmap: it shows what the network actually sees, holes included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from convlab.checkpoint import write_atomic
+from convlab.config import build, resolve_device
+from convlab.errors import ConvlabError
+from convlab.models.layers import ConvBNAct, GroupedConv, ManualConv2d, SeparableConv, Shift, ShiftConv
+from convlab.schema import validate
+
+ROWS = (ConvBNAct, nn.Conv2d, Shift, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+KIND_NAMES = {SeparableConv: "separable", GroupedConv: "grouped", ShiftConv: "shift"}
+UNIT = "MACs = multiply-adds for one image = FLOPs / 2 (torch.utils.flop_counter counts 2 FLOPs per multiply-add)"
+
+
+def rows_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules a table row stands for: conv units (not their parts), pools and linear layers, in order."""
+    rows: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, ROWS) and not any(name.startswith(f"{r}.") for r, _ in rows):
+            rows.append((name, module))
+    return rows
+
+
+def kind_of(module: nn.Module) -> str:
+    """standard | separable | grouped(g) | shift, with "manual" for the im2col implementation; else the layer type."""
+    conv = module[0] if isinstance(module, ConvBNAct) else module
+    impl = ", manual" if any(isinstance(m, ManualConv2d) for m in module.modules()) else ""
+    if isinstance(conv, GroupedConv):
+        return f"grouped({conv[0].groups}){impl}"
+    if type(conv) in KIND_NAMES:
+        return KIND_NAMES[type(conv)] + impl
+    if isinstance(conv, nn.Conv2d):
+        return f"standard {conv.kernel_size[0]}×{conv.kernel_size[1]}{impl}"
+    return {nn.AdaptiveAvgPool2d: "global avg pool", nn.MaxPool2d: "max pool", nn.AvgPool2d: "avg pool"}.get(type(module), type(module).__name__.lower())
+
+
+def geometry(module: nn.Module) -> tuple[int, int, int] | None:
+    """(kernel, stride, dilation) of the first spatial operation in `module`; None for a global one (linear, pool to 1×1)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.kernel_size[0], m.stride[0], m.dilation[0]
+        if isinstance(m, Shift):
+            return m.kernel_size, m.stride, m.dilation
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            k, s = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride or m.kernel_size))
+            return k, s, getattr(m, "dilation", 1) if isinstance(getattr(m, "dilation", 1), int) else m.dilation[0]
+    return None
+
+
+def layer_table(model: nn.Module, image: tuple[int, int, int]) -> dict[str, Any]:
+    """Per-layer name, kind, output shape, parameters, MACs, receptive field and jump, with totals, for one (C, H, W) image."""
+    rows, shapes = rows_of(model), {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape[1:]))) for name, m in rows]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *image, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    flops = counter.get_flop_counts()
+    prefix = type(model).__name__
+    field, jump, layers = 1, 1, []
+    for name, module in rows:
+        shortcut = "shortcut" in name.split(".")  # a parallel branch: not on the main path the field follows
+        if not shortcut and field is not None:
+            g = geometry(module)
+            if g is None:
+                field = None
+            else:
+                field, jump = field + g[2] * (g[0] - 1) * jump, jump * g[1]
+        layers.append({
+            "name": name, "kind": kind_of(module), "output": shapes.get(name),
+            "parameters": sum(p.numel() for p in module.parameters()),
+            "macs": sum(flops.get(f"{prefix}.{name}", {}).values()) // 2,
+            "receptive_field": None if shortcut else field if field is not None else "global", "jump": None if shortcut or field is None else jump,
+        })  # fmt: skip
+    total = {"parameters": sum(p.numel() for p in model.parameters()), "macs": counter.get_total_flops() // 2}
+    return {"input": list(image), "unit": UNIT, "layers": layers, "total": total}
+
+
+def format_table(table: dict[str, Any], title: str) -> str:
+    """The layer table as aligned text, with the effective field's extent when there is one."""
+    head = f"{'layer':<24}{'kind':<22}{'output':<14}{'params':>12}{'MACs':>14}{'RF':>8}{'jump':>6}"
+    lines = [title, f"input {'×'.join(map(str, table['input']))}; {table['unit']}", "", head]
+    for r in table["layers"]:
+        shape = "×".join(map(str, r["output"] or ["?"]))
+        rf = "-" if r["receptive_field"] is None else r["receptive_field"]
+        rf = f"{rf}×{rf}" if isinstance(rf, int) else rf
+        lines.append(f"{r['name']:<24}{r['kind']:<22}{shape:<14}{r['parameters']:>12,}{r['macs']:>14,}{rf:>8}{r['jump'] or '-':>6}")
+    t = table["total"]
+    lines += ["", f"{'total':<60}{t['parameters']:>12,}{t['macs']:>14,}"]
+    if "effective_field" in table:
+        e = table["effective_field"]
+        holes = f", {e['holes']} holes inside it (gridding)" if e["holes"] else ", no holes"
+        lines.append(f"effective field of {e['layer']} over {e['images']} images: {e['size'][0]}×{e['size'][1]} pixels{holes} -> {e['png']}")
+    return "\n".join(lines)
+
+
+def effective_field(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:
+    """Luo et al. 2016: mean over `images` of |∂ (centre unit of `layer`, summed over channels) / ∂ input|, (H, W), max 1."""
+    module = dict(model.named_modules())[layer]
+    captured: list[torch.Tensor] = []
+    hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    was_training = model.training
+    model.eval()  # BatchNorm's running statistics and no dropout: the same field for every image order
+    try:
+        x = images.detach().float().clone().requires_grad_(True)
+        model.forward(x)  # forward, not __call__: a model compiled in place would recompile for the gradient
+        out = captured[-1]
+        out[:, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+    finally:
+        hook.remove()
+        model.train(was_training)
+    field = x.grad.abs().sum(1).mean(0)
+    return field / field.max().clamp_min(1e-30)
+
+
+def field_layer(table: dict[str, Any]) -> str:
+    """The last layer on the main path whose output is still a spatial map (before global pooling)."""
+    spatial = [r for r in table["layers"] if r["receptive_field"] not in (None, "global") and r["output"] and len(r["output"]) == 3]
+    return spatial[-1]["name"]
+
+
+def field_of(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The effective field of `model`'s last spatial layer over `images` (N, C, H, W), and that layer's name."""
+    layer = field_layer(layer_table(model, tuple(images.shape[1:])))
+    with torch.enable_grad():
+        return effective_field(model, images, layer), layer
+
+
+# A perceptually ordered dark-to-bright ramp (magma's anchors): the field needs no matplotlib to be drawn.
+RAMP = torch.tensor([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=torch.float32) / 255
+
+
+def field_image(field: torch.Tensor, scale: int = 8) -> torch.Tensor:
+    """A field (H, W) in [0, 1] as an RGB picture (3, H·scale, W·scale) in [0, 1]: dark = unseen, bright = the strongest pixel."""
+    pos = field.detach().float().cpu().clamp(0, 1) * (len(RAMP) - 1)
+    low = pos.floor().long().clamp(max=len(RAMP) - 2)
+    rgb = torch.lerp(RAMP[low], RAMP[low + 1], (pos - low)[..., None])  # (H, W, 3)
+    return rgb.permute(2, 0, 1).repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+
+
+def field_extent(field: torch.Tensor) -> dict[str, Any]:
+    """The bounding box of the pixels the field reaches, and how many inside it it misses (gridding holes)."""
+    rows, cols = (field > 1e-6).nonzero(as_tuple=True)
+    box = field[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    return {"size": [int(box.shape[0]), int(box.shape[1])], "holes": int((box <= 1e-6).sum())}
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """inspect.json (written atomically)."""
+    text = json.dumps(result, indent=2) + "\n"
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def macs_of(model: nn.Module, image: tuple[int, int, int]) -> int:
+    """Multiply-adds of one forward pass on one (C, H, W) image."""
+    return layer_table(model, image)["total"]["macs"]
+
+
+def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """`convlab inspect`: the table of `cfg.model` (or of checkpoint `cfg.ckpt`), inspect.json and the effective-field PNG in `cfg.out`."""
+    from convlab.evaluate import load_task
+    from convlab.logging import save_png
+
+    if not cfg.ckpt and str(cfg.model.get("_target_", "")).endswith(".DCGAN"):
+        raise ConvlabError("model=dcgan is a GAN; convlab inspect reads classifiers (plain_cnn, hdc, resnet18, alexnet_lite)")
+    validate(cfg, "inspect")
+    device = resolve_device(cfg.device)
+    if cfg.ckpt:
+        task, saved, state, path = load_task(cfg, device)
+        if "model" not in task.models:
+            raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} GAN; convlab inspect reads classifiers")
+        model, model_cfg, data_cfg = task.models["model"], saved.model, saved.data  # the data (and data.root) it was trained on
+        weights = f"trained: {path}, epoch {state['epoch']}"
+    else:
+        model_cfg, data_cfg, weights = cfg.model, cfg.data, f"initial weights (seed {cfg.seed})"
+    data = build(data_cfg, "data")
+    info = data.info
+    if not cfg.ckpt:
+        torch.manual_seed(cfg.seed)
+        model = build(model_cfg, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size).to(device)
+    table = layer_table(model, (info.in_channels, info.image_size, info.image_size))
+    x, _ = data.splits()["test"]
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (info.mean, info.std))
+    images = ((x[: cfg.erf_images].float() / 255 - mean) / std).to(device)
+    layer = field_layer(table)
+    field = effective_field(model, images, layer)
+    out = Path(str(cfg.out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConvlabError(f"cannot create out={cfg.out} ({e.strerror or e})") from None
+    name = model_cfg.get("name")
+    title = f"{name}, model.conv={model_cfg.get('conv', 'standard')}, {weights}"
+    save_png(field_image(field), out / "effective_field.png")
+    result = {
+        "model": name, "conv": model_cfg.get("conv", "standard"), "data": data_cfg.get("name"), "weights": weights, **table,
+        "effective_field": {"layer": layer, "images": len(images), "png": str(out / "effective_field.png"), **field_extent(field)},
+    }  # fmt: skip
+    write_json(result, out / "inspect.json")
+    return result, title
