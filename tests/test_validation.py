@@ -93,6 +93,7 @@ BAD = [
     ("train", ["trainer.eval_every=-1"], "trainer.eval_every=-1", ">= 1"),
     ("train", ["trainer.devices=0"], "trainer.devices=0", ">= 1"),
     ("train", ["trainer.stop_after=0"], "trainer.stop_after=0", "null or an integer >= 1"),
+    ("train", ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0", "null or an integer >= 1"),
     ("train", ["trainer.precision=fp8"], "trainer.precision='fp8'", "auto, fp32, bf16, fp16"),
     ("train", ["trainer.channels_last=1"], "trainer.channels_last=1", "auto, true, false"),
     ("train", ["trainer.compile=yes"], "trainer.compile='yes'", "true, false"),
@@ -158,6 +159,11 @@ BAD = [
     ("train", [*GAN, "data.image_size=48"], "data.image_size=48 is not allowed with model=dcgan", "4·2^k"),
     ("train", ["model=alexnet_lite", *SYN, "data.image_size=12"], "data.image_size=12", "a multiple of 8"),
     ("train", ["model.conv_impl=cuda"], "model.conv_impl='cuda'", "torch, manual"),
+    ("train", ["model.conv=depthwise"], "model.conv='depthwise'", "standard, separable, grouped, shift"),
+    ("train", ["model.groups=0"], "model.groups=0", ">= 1"),
+    ("train", ["model.conv=grouped", "model.groups=3"], "model.groups=3", "dividing every one of model.channels=[32, 64, 128]"),
+    ("inspect", ["erf_images=0"], "erf_images=0", ">= 1"),
+    ("eval", [*CKPT, "precision=fp64"], "precision='fp64'", "auto, fp32, bf16, fp16"),
     ("train", ["model=resnet18", "model.conv_impl=fast"], "conv_impl='fast'", "torch, manual"),
     ("train", ["model.channels=[32,0,128]"], "model.channels=[32, 0, 128]", "positive integers"),
     ("train", ["model.channels=[]"], "model.channels=[]", "non-empty list of positive integers"),
@@ -258,7 +264,7 @@ def test_validate_builds_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.
     cfg = make_cfg(tmp_path / "run", "data=synthetic")
     before = OmegaConf.to_yaml(cfg)
     schema.validate(cfg)
-    for command, overrides in (("bench", []), ("eval", CKPT), ("sample", CKPT)):
+    for command, overrides in (("bench", []), ("eval", CKPT), ("sample", CKPT), ("inspect", [])):
         schema.validate(cfg_for(command, *overrides), command)
     assert OmegaConf.to_yaml(cfg) == before and not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="unknown command"):
