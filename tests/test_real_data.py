@@ -28,7 +28,7 @@ def test_plain_script_baseline_trains_on_its_own(cifar_root: Path, tmp_path: Pat
     out = tmp_path / "weights.pt"
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", str(REPO / "scripts" / "plain_torch_baseline.py"), "--data", str(cifar_root),
-         "--epochs", "1", "--limit-train-batches", "2", "--workers", "1", "--out", str(out)],
+         "--epochs", "1", "--limit-train-batches", "1", "--workers", "0", "--out", str(out)],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -93,8 +93,8 @@ def cpu_bf16() -> tuple[bool, str]:
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """`trainer.precision` with `auto` resolved for the device, and the reason for the choice.
 
-    auto: bf16 on CUDA (tensor cores) and on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16),
-    where it is ~1.9× fp32; fp32 elsewhere, where emulated bf16 is several times slower.
+    auto: bf16 on CUDA (tensor cores) and on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16);
+    fp32 elsewhere, where emulated bf16 is far slower (~10x on an AVX2-only CPU: docs/BENCHMARKS.md).
     """
     if requested != "auto":
         return requested, "set by trainer.precision"
