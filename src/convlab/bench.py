@@ -66,12 +66,13 @@ def _timed(step: Callable[[], int], warmup: int, steps: int, device: torch.devic
     return images / (time.perf_counter() - start)
 
 
-def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, repeats: int) -> Callable[[], dict[str, Any]]:
+def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
     """Loop 3: convlab.baseline (scripts/plain_torch_baseline.py) timing the same model in its own process.
 
     A user's script gets what that process gets: glibc's default allocator settings, per-image
     PIL transforms in its own DataLoader workers, the default thread count. The run's training
-    images go to it as an .npz; it times `repeats` measurements of `steps` steps itself.
+    images go to it as an .npz; it times `repeats` measurements of `steps` steps itself and
+    returns {"images_per_s": [...], "pid": ...}.
     """
     x, y = run.data.splits()["train"]
     info, cfg = run.task.info, run.cfg
@@ -83,15 +84,11 @@ def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, re
         "--precision", run.task.precision.kind, "--bench", f"{steps},{warmup},{repeats}", "--out", str(tmp / "unused.pt"),
         *(["--channels-last"] if run.trainer.memory_format == torch.channels_last else []),
     ]  # fmt: skip
-
-    def measure() -> dict[str, Any]:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConvlabError(f"bench loop 3 (python -m convlab.baseline) failed with exit code {proc.returncode}: {last}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    return measure
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConvlabError(f"bench loop 3 (python -m convlab.baseline) failed with exit code {proc.returncode}: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
@@ -121,14 +118,12 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         def bare_loop() -> float:
             return _timed(lambda: bare_step(x, y), warmup, steps, device)
 
-        reference = _plain_script(run, Path(tmp), workers, steps, warmup, repeats)
-
         loops = {"convlab": convlab_loop, "bare": bare_loop}
         rates: dict[str, list[float]] = {name: [] for name in loops}
         for _ in range(repeats):
             for name, loop in loops.items():
                 rates[name].append(loop())
-        plain = reference()
+        plain = _plain_script(run, Path(tmp), workers, steps, warmup, repeats)  # after loops 1-2: it needs the cores to itself
         rates["reference"] = plain["images_per_s"]
     med = {name: statistics.median(r) for name, r in rates.items()}
     return {

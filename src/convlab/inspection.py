@@ -183,6 +183,7 @@ def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     """`convlab inspect`: the table of `cfg.model` (or of checkpoint `cfg.ckpt`), inspect.json and the effective-field PNG in `cfg.out`."""
     from convlab.evaluate import load_task
     from convlab.logging import save_png
+    from convlab.trainer import batches_on
 
     if not cfg.ckpt and str(cfg.model.get("_target_", "")).endswith(".DCGAN"):
         raise ConvlabError("model=dcgan is a GAN; convlab inspect reads classifiers (plain_cnn, hdc, resnet18, alexnet_lite)")
@@ -202,9 +203,7 @@ def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
         torch.manual_seed(cfg.seed)
         model = build(model_cfg, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size).to(device)
     table = layer_table(model, (info.in_channels, info.image_size, info.image_size))
-    x, _ = data.splits()["test"]
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (info.mean, info.std))
-    images = ((x[: cfg.erf_images].float() / 255 - mean) / std).to(device)
+    images = next(iter(batches_on(data.loaders(cfg.erf_images, device)["test"], device)))[0]  # normalised as in training
     layer = field_layer(table)
     field = effective_field(model, images, layer)
     out = Path(str(cfg.out))
