@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlab.errors import ConvlabError
-from convlab.train import train
+from convlab.runner import train
 from tests.conftest import REPO, SMALL, make_cfg, run_cli
 
 
@@ -81,6 +81,42 @@ def test_tensorboard_curves_images_and_hparams(demo_run: Path) -> None:
     hparams = ea.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert b"plain_cnn" in hparams["_hparams_/session_start_info"] and b"test/acc" in hparams["_hparams_/experiment"]
+
+
+def test_tensorboard_step_curves_layout_and_config_text(demo_run: Path) -> None:
+    ea = EventAccumulator(str(demo_run), size_guidance={"scalars": 0, "tensors": 0})
+    ea.Reload()
+    # 4500 training images in full batches of 64: 70 steps an epoch; a point every 50 steps and at each epoch's end.
+    for tag in ("step/train/loss", "step/train/acc", "step/lr"):
+        assert [s.step for s in ea.Scalars(tag)] == [50, 70, 120, 140], tag
+    step_loss = [s.value for s in ea.Scalars("step/train/loss")]
+    assert step_loss[-1] < step_loss[0]
+    # Each point is the mean over the images since the previous one: weighted, they give the epoch's mean.
+    epoch1 = ea.Scalars("train/loss")[0].value
+    assert (50 * step_loss[0] + 20 * step_loss[1]) / 70 == pytest.approx(epoch1, rel=1e-4)
+    lr = [s.value for s in ea.Scalars("step/lr")]
+    assert lr == sorted(lr, reverse=True) and lr[0] > lr[-1]  # the cosine schedule, stepped every batch, seen within epochs
+    layout = _layout(ea)
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["loss"] == ["^train/loss$", "^val/loss$"] and charts["accuracy"] == ["^train/acc$", "^val/acc$"]
+    steps = next(cat for cat in layout.category if cat.title == "per step")
+    assert [list(c.multiline.tag) for c in steps.chart][:2] == [["^step/train/loss$"], ["^step/train/acc$"]]
+    command, config = (_text(ea, f"run/{name}/text_summary") for name in ("command", "config"))
+    assert "convlab train +experiment=synthetic_demo" in command
+    assert "    model:\n      name: plain_cnn" in config and "    epochs: 2" in config  # a Markdown code block of the YAML
+    assert json.loads((demo_run / "summary.json").read_text())["command"].startswith("convlab train +experiment=synthetic_demo")
+
+
+def _layout(ea: EventAccumulator):
+    """The CUSTOM SCALARS layout a run wrote."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    (event,) = ea.Tensors("custom_scalars__config__")
+    return layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+
+
+def _text(ea: EventAccumulator, tag: str) -> str:
+    return ea.Tensors(tag)[0].tensor_proto.string_val[0].decode()
 
 
 def test_eval_reproduces_the_validation_accuracy(demo_run: Path) -> None:

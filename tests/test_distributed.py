@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from convlab.checkpoint import load_checkpoint
-from convlab.train import train
+from convlab.runner import train
 from convlab.trust import TRUST_ENV
 from tests.conftest import REPO, make_cfg, run_cli
 

@@ -13,7 +13,7 @@ from PIL import Image
 from convlab.data import anime_faces
 from convlab.data.anime_faces import AnimeFaces
 from convlab.errors import ConvlabError
-from convlab.train import train
+from convlab.runner import train
 from tests.conftest import make_cfg
 
 

@@ -19,7 +19,7 @@ from convlab.errors import ConfigError
 from convlab.evaluate import sample_checkpoint
 from convlab.models.dcgan import DCGAN, Discriminator
 from convlab.tasks.gan import GANTask, d_loss, g_loss, gradient_penalty
-from convlab.train import train
+from convlab.runner import train
 from tests.conftest import make_cfg
 
 
@@ -175,8 +175,21 @@ def test_cli_gan_run_and_sample(tmp_path: Path, faces_256: Path) -> None:
     from tests.conftest import run_cli
 
     run = tmp_path / "run"
-    proc = run_cli("train", *GAN_SMALL, f"data.root={faces_256}", f"data.cache_dir={tmp_path / 'cache'}", "epochs=1", f"hydra.run.dir={run}")
+    proc = run_cli("train", *GAN_SMALL, f"data.root={faces_256}", f"data.cache_dir={tmp_path / 'cache'}", "epochs=1", f"hydra.run.dir={run}", "trainer.log_every=2")
     assert proc.returncode == 0, proc.stderr
+    # TensorBoard: D and G losses per step, and the GAN's own charts (its `charts`) in the CUSTOM SCALARS layout.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    ea.Reload()
+    steps = [e.step for e in ea.Scalars("step/train/loss/D")]
+    assert steps == [e.step for e in ea.Scalars("step/train/loss/G")] == [e.step for e in ea.Scalars("step/lr/generator")] and steps[0] == 2
+    layout = layout_pb2.Layout.FromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {(cat.title, c.title): list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts[("train vs val (per epoch)", "D and G losses")] == ["^train/loss/D$", "^val/loss/D$", "^train/loss/G$", "^val/loss/G$"]
+    assert charts[("per step", "D and G losses")] == ["^step/train/loss/D$", "^step/train/loss/G$"]
+    assert charts[("train vs val (per epoch)", "FID")] == ["^val/fid$"] and ("per step", "FID") not in charts
     proc = run_cli("sample", f"ckpt={run}", "n=16", f"out={tmp_path / 'grid.png'}", "seed=3")
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "grid.png").size == (2 + 4 * 34, 2 + 4 * 34)  # 4×4 grid of 32-px images

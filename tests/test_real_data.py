@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from convlab.checkpoint import load_checkpoint
-from convlab.train import train
+from convlab.runner import train
 from tests.conftest import REPO, make_cfg
 
 

@@ -16,7 +16,7 @@ import pytest
 from convlab import rundir
 from convlab.checkpoint import load_checkpoint
 from convlab.errors import ConvlabError
-from convlab.train import train
+from convlab.runner import train
 from convlab.trainer import Trainer
 from tests.conftest import REPO, SMALL, make_cfg, run_cli
 

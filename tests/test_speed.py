@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlab.bench import bench, format_table
 from convlab.checkpoint import load_checkpoint
 from convlab.data.base import choose_loader
 from convlab.data.loader import ArrayDataLoader, TensorLoader
 from convlab.perf import resolve_precision
-from convlab.train import setup, train
+from convlab.runner import setup, train
 from tests.conftest import SMALL, make_cfg
 
 
@@ -94,19 +95,29 @@ def test_channels_last_reaches_model_and_batches(tmp_path: Path) -> None:
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_no_device_reads_between_log_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "trainer.log_every=1000"), write=False)
+@pytest.mark.parametrize("write", [False, True])
+def test_device_reads_once_per_log_interval_and_step_curves_add_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: bool) -> None:
+    # 8 steps, log_every=3: reads after steps 3 and 6 and at the epoch's end, whether or not the step curves are written.
+    run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "trainer.log_every=3"), write=write)
     reads = {"n": 0}
-    real_item = torch.Tensor.item
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__"):  # every way a tensor's value reaches the host
+        real = getattr(torch.Tensor, name)
 
-    def counting_item(self: torch.Tensor):
-        reads["n"] += 1
-        return real_item(self)
+        def counting(self: torch.Tensor, *args, _real=real, **kwargs):
+            reads["n"] += 1
+            return _real(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+        monkeypatch.setattr(torch.Tensor, name, counting)
     run.trainer.train_epoch(1)
+    monkeypatch.undo()
     assert len(run.loaders["train"]) == 8
-    assert reads["n"] == 3  # once at the epoch's end: the bad-step flag and the two means, not per step
+    assert reads["n"] == 3, "one read per log interval plus one at the epoch's end, never per step"
+    if write:
+        run.logger.close()
+        ea = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+        ea.Reload()
+        assert [e.step for e in ea.Scalars("step/train/loss")] == [3, 6, 8]
+        assert [e.step for e in ea.Scalars("step/lr")] == [3, 6, 8]
 
 
 def test_bench_measures_three_loops(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convlab.train import setup
+from convlab.runner import setup
 from tests.conftest import CIFAR_SUBSET, REPO, SMALL, run_cli
 
 TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=2", "model.channels=[8,16,16]"]
@@ -125,3 +125,32 @@ def test_optuna_search_reports_its_best_trial(tmp_path: Path) -> None:
     best = yaml.safe_load((tmp_path / "best_config.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(results["best_params"]["optim.lr"])
     assert "best:" in proc.stdout and "best_config.yaml" in proc.stdout
+
+
+def test_tensorboard_custom_scalars_for_the_sweep_folder(sweep: tuple[Path, object]) -> None:
+    # TensorBoard's own CUSTOM SCALARS plugin, pointed at the sweep's folder as `tensorboard --logdir` would be.
+    import re
+
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.context import RequestContext
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.custom_scalar.custom_scalars_plugin import CustomScalarsPlugin
+
+    out, _ = sweep
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(out))
+    mux.Reload()
+    context = base_plugin.TBContext(logdir=str(out), data_provider=MultiplexerDataProvider(mux, str(out)), plugin_name_to_instance={})
+    layout = json.loads(CustomScalarsPlugin(context).layout_impl(RequestContext(), ""))  # what the browser receives
+    charts = {(cat["title"], c["title"]): c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
+    assert charts[("train vs val (per epoch)", "loss")] == ["^train/loss$", "^val/loss$"]
+    assert charts[("per step", "learning rate")] == ["^step/lr$", "^step/lr/"]
+    ok_runs = [run for run in mux.Runs() if "val/acc" in mux.GetAccumulator(run).Tags()["tensors"]]
+    assert len(ok_runs) == 3  # the diverged job has no validation
+    for run in ok_runs:  # every chart draws curves of its own axis only (^lr/ is for tasks with several optimizers)
+        tags = mux.GetAccumulator(run).Tags()["tensors"]
+        for (category, title), regexes in charts.items():
+            drawn = [t for t in tags if any(re.match(r, t) for r in regexes)]
+            assert len(drawn) == (2 if title in ("loss", "accuracy") and category != "per step" else 1), (run, title, drawn)
+            assert all(t.startswith("step/") == (category == "per step") for t in drawn)

@@ -13,7 +13,7 @@ from convlab.checkpoint import load_checkpoint
 from convlab.config import build
 from convlab.errors import ConvlabError
 from convlab.tasks.classification import ClassificationTask
-from convlab.train import train
+from convlab.runner import train
 from tests.conftest import REPO, SMALL, make_cfg
 
 
@@ -64,7 +64,7 @@ def test_same_seed_same_numbers(tmp_path: Path, precision: str) -> None:
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: list[str]) -> None:
     # alexnet_lite has dropout, so this also checks that the global RNG state is restored;
     # 16×16 images keep it quick (and show that the input size comes from the data).
-    overrides = (*SMALL, "data.num_train=300", "data.image_size=16", *model, "epochs=3", "sched=onecycle", "optim=adamw")
+    overrides = (*SMALL, "data.num_train=300", "data.image_size=16", *model, "epochs=3", "sched=onecycle", "optim=adamw", "trainer.log_every=2")
     full = train(make_cfg(tmp_path / "full", *overrides))
 
     steps_per_epoch = 270 // 64  # 300 images less the 10 % validation split, full batches only
@@ -92,6 +92,19 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     b = load_checkpoint(tmp_path / "cut")["task"]["models"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 4
+    # TensorBoard: the step points the cut session wrote after its checkpoint (step 10) were dropped and rewritten.
+    cut, whole = (_scalars(tmp_path / name) for name in ("cut", "full"))
+    assert [s for s, _ in cut["step/train/loss"]] == [2, 4, 6, 8, 10, 12]
+    assert cut["step/train/loss"] == whole["step/train/loss"] and cut["train/loss"] == whole["train/loss"]
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar curve of a run as TensorBoard reads it (a resumed run's purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    ea.Reload()
+    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
 
 
 def test_divergence_stops_with_the_epoch_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,3 +162,80 @@ def test_every_optimizer_and_schedule_runs_and_round_trips(optim: str, sched: st
     state = torch.load(tmp_path / "s.pt", weights_only=True)
     schedule.load_state_dict(state["sched"])
     opt.load_state_dict(state["opt"])
+
+
+def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Validation accuracy is scripted; the training and the final test pass are real.
+    scripted = iter([0.5, 0.6, 0.62, 0.61, 0.9])  # +0.1 improves; +0.02 does not beat min_delta=0.05, but is best.pt's best
+    real_evaluate = ClassificationTask.evaluate
+
+    def evaluate(self: ClassificationTask, loader, final: bool = False) -> dict:
+        result = real_evaluate(self, loader, final)
+        return result if final else result | {"acc": next(scripted)}
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", evaluate)
+    overrides = (*SMALL, "model.channels=[8,8,8]", "epochs=6", "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=0.05")
+    summary = train(make_cfg(tmp_path, *overrides))
+    assert summary["status"] == "ok" and summary["epochs"] == 4
+    assert summary["early_stop"] == {
+        "metric": "val/acc", "mode": "max", "patience": 2, "min_delta": 0.05, "stopped": True, "epoch": 4,
+        "reason": "val/acc did not improve by more than 0.05 on 0.6 (epoch 2) in 2 validation passes",
+    }  # fmt: skip
+    assert summary["best"]["epoch"] == 3 and summary["test_weights"]["which"] == "best" and summary["test_weights"]["epoch"] == 3
+    assert load_checkpoint(tmp_path)["epoch"] == 4  # last.pt keeps the last weights
+    # The tested weights are best.pt's: convlab.load of the run folder gives them, and they score the summary's test accuracy.
+    import convlab
+
+    loaded = convlab.load(tmp_path, device="cpu")
+    assert loaded.checkpoint.name == "best.pt" and loaded.epoch == 3 and not loaded.model.training
+    data = build(loaded.config.data, "data")
+    loader = data.loaders(64, torch.device("cpu"))["test"]
+    with torch.no_grad():
+        correct = sum((loaded.model(x).argmax(1) == y).sum().item() for x, y in loader)
+    assert correct / len(loader.labels) == summary["test"]["acc"]
+    # Resuming a run that stopped early is like resuming a finished one: nothing runs, nothing is rewritten.
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != ".convlab.lock"}
+    again = train(make_cfg(tmp_path / "other", f"resume={tmp_path}"))
+    assert again == json.loads((tmp_path / "summary.json").read_text()) and again["early_stop"]["stopped"]
+    assert files == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != ".convlab.lock"}
+
+
+def test_a_run_cut_during_its_early_stop_test_pass_resumes_straight_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_evaluate, real_step = ClassificationTask.evaluate, ClassificationTask.train_step
+    scripted = iter([0.5, 0.4])
+
+    def cut_at_test(self: ClassificationTask, loader, final: bool = False) -> dict:
+        if final:
+            raise KeyboardInterrupt
+        return real_evaluate(self, loader) | {"acc": next(scripted)}
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", cut_at_test)
+    overrides = (*SMALL, "model.channels=[8,8,8]", "epochs=5", "trainer.early_stop.patience=1")
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tmp_path, *overrides))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(ClassificationTask, "evaluate", real_evaluate)
+    monkeypatch.setattr(ClassificationTask, "train_step", lambda *a: pytest.fail("a run that stopped early trains no further"))
+    summary = train(make_cfg(tmp_path, f"resume={tmp_path}"))
+    assert summary["status"] == "ok" and summary["epochs"] == 2 and summary["early_stop"]["epoch"] == 2
+    assert summary["test_weights"] == {"which": "best", "epoch": 1, "checkpoint": str(tmp_path / "checkpoints" / "best.pt")}
+
+
+@pytest.mark.parametrize(
+    ("values", "patience", "min_delta", "mode", "stop"),
+    [
+        ([0.5, 0.4, 0.45], 2, 0.0, "max", 3),
+        ([0.5, 0.4, 0.6, 0.5], 2, 0.0, "max", None),  # 0.6 restarted the count
+        ([1.0, 0.99, 0.98], 2, 0.05, "min", 3),  # falling, but by less than min_delta
+        ([1.0, 0.9, 0.8], 1, 0.05, "min", None),
+        ([float("nan"), 0.4, 0.3], 1, 0.0, "max", 3),  # a finite value beats NaN, NaN never beats anything
+        ([0.5, None, None, 0.5], 1, 0.0, "max", 4),  # epochs without validation (eval_every) do not count
+        ([0.5, 0.4, 0.3], None, 0.0, "max", None),  # off
+    ],
+)
+def test_early_stop_verdict(values: list, patience: int | None, min_delta: float, mode: str, stop: int | None) -> None:
+    from convlab.stopping import EarlyStop
+
+    history = [{"epoch": i + 1} | ({} if v is None else {"val/acc": v}) for i, v in enumerate(values)]
+    verdict = EarlyStop("val/acc", mode, patience, min_delta).verdict(history)
+    assert (verdict and verdict["epoch"]) == stop

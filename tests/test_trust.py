@@ -16,7 +16,7 @@ from convlab import resume, trust
 from convlab.checkpoint import load_checkpoint
 from convlab.errors import ConvlabError
 from convlab.evaluate import evaluate_checkpoint, sample_checkpoint
-from convlab.train import train
+from convlab.runner import train
 from tests.conftest import SMALL, make_cfg, run_cli
 
 TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=1", "model.channels=[8,16,16]"]

@@ -24,7 +24,7 @@ from convlab.errors import ConvlabError
 from convlab.perf import Precision
 from convlab.schema import validate
 from convlab.tasks.classification import ClassificationTask
-from convlab.train import Run, setup
+from convlab.runner import Run, setup
 from convlab.trainer import sync
 
 LOOPS = {

@@ -9,32 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import json
 import logging
 import os
-import re
+import shlex
 import sys
 import traceback
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from convlab import __version__
+from convlab.compose import preflight
 from convlab.errors import ConfigError, ConvlabError, Terminated
 
 log = logging.getLogger("convlab")
 # Sweep job folders are named by their overrides (conf/train.yaml); long ones are cut to stay valid names.
 OmegaConf.register_new_resolver("convlab_cut", lambda text, n: str(text)[: int(n)], replace=True)
 CONF = "pkg://convlab.conf"
-GROUPS = ("model", "data", "optim", "sched", "task", "experiment", "search")
-# Hydra plugins behind optional extras: name in a "Could not find" message -> the extra that installs it.
-PLUGIN_EXTRAS = {"optuna": "tune", "submitit": "cluster", "joblib": "parallel"}
 
 
 def _in_sweep() -> bool:
@@ -101,14 +97,25 @@ def train_main(cfg: DictConfig) -> float | None:
     import torch
 
     from convlab.distributed import join_submitit_job
-    from convlab.train import train
+    from convlab.runner import train
 
     join_submitit_job()
     with user_errors(resume_hint=True):
         if cfg.device == "auto" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
             cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"  # parallel sweeps: job i on GPU i mod N
-        return train(cfg)["best"]["value"]
+        return train(cfg, _job_command())["best"]["value"]
     return None
+
+
+def _job_command() -> str | None:
+    """What the user typed; for a sweep's job, its own overrides and the sweep's command (None: rebuilt from Hydra's record)."""
+    if not TYPED:
+        return None
+    typed = shlex.join(TYPED)
+    if not _in_sweep():
+        return typed
+    job = HydraConfig.get().job
+    return f"{shlex.join(['convlab', 'train', *HydraConfig.get().overrides.task])}\n(job {job.num} of the sweep: {typed})"
 
 
 @hydra.main(config_path=CONF, config_name="eval", version_base="1.3")
@@ -184,100 +191,6 @@ USAGE = "\n".join(
 )
 
 
-def _group_options(group: str) -> list[str]:
-    folder = resources.files("convlab.conf") / group
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
-
-
-def _compose(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
-    """`config_name` composed with `overrides`; a failure is one ConfigError line (naming a missing plugin's extra)."""
-    from hydra import compose, initialize_config_module
-
-    try:
-        with initialize_config_module("convlab.conf", version_base="1.3"):
-            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
-    except Exception as e:
-        text = str(e) or f"{type(e).__name__}: {e.__cause__ or e.__context__}"
-        missing = re.search(rf"Could not (?:find|load) 'hydra/(?:launcher|sweeper)/({'|'.join(PLUGIN_EXTRAS)})(?:_local|_slurm)?'", text)
-        if missing:  # an optional Hydra plugin (launcher or sweeper) that is not installed
-            plugin = missing.group(1)
-            asked = next((a for a in overrides if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin)
-            raise ConfigError(f"{asked} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".[{PLUGIN_EXTRAS[plugin]}]\"") from None
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        raise ConfigError(" ".join(lines[:2])) from None
-
-
-def _expand(overrides: list) -> list[list[str]] | None:
-    """Each job's overrides of a basic sweep (its first 32 jobs); None for sweeps only Hydra can expand."""
-    choices = []
-    for o in overrides:
-        try:
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
-        except Exception:  # glob and interval sweeps are expanded by Hydra or a search plugin
-            return None
-        if o.key_or_group in GROUPS and not o.package and not o.is_delete():
-            options = _group_options(o.key_or_group)
-            bad = [v for v in values if v not in options]
-            if bad:
-                raise ConfigError(f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; choose one of: {', '.join(options) or '(none)'}")
-        choices.append([f"{o.get_key_element()}={v}" for v in values] if o.is_sweep_override() else [o.input_line])
-    return [list(job) for job in itertools.islice(itertools.product(*choices), 32)]
-
-
-def _parses(parser: object, override: str) -> bool:
-    try:
-        parser.parse_override(override)
-        return True
-    except Exception:
-        return False
-
-
-def preflight(config_name: str, args: list[str]) -> DictConfig | None:
-    """Check a command before Hydra runs or any folder exists; returns the first job's config (with its hydra node).
-
-    Unknown group choices, misspelt keys and every bad value (convlab.schema) become one
-    ConfigError line. Each job of a basic sweep is composed and validated, also the jobs of a
-    sweep that an experiment config lists in hydra.sweeper.params. Anything this cannot parse
-    is left to Hydra to report.
-    """
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from convlab.schema import validate
-
-    parser = OverridesParser.create()
-    try:
-        parsed = get_args_parser().parse_args(args)
-    except BaseException:  # argparse exits on bad flags; Hydra will say the same
-        return None
-    try:
-        overrides = parser.parse_overrides(parsed.overrides)
-    except Exception as e:
-        bad = next((o for o in parsed.overrides if not _parses(parser, o)), " ".join(parsed.overrides))
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"cannot read the override {bad!r} ({reason}); quote values that hold = , [ ] or spaces: key='value'") from None
-    if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.config_dir or parsed.config_name or parsed.shell_completion:
-        return None
-    jobs = _expand(overrides)
-    first = _compose(config_name, jobs[0] if jobs else [o.input_line for o in overrides], hydra=True)
-    if config_name == "report":
-        return first
-    swept = OmegaConf.select(first, "hydra.sweeper.params")
-    if jobs and swept and (parsed.multirun or first.hydra.mode == RunMode.MULTIRUN):
-        try:  # an experiment's own sweep (hydra.sweeper.params) adds to the command line's
-            jobs = _expand(overrides + parser.parse_overrides([f"{k}={v}" for k, v in swept.items()]))
-        except Exception:
-            jobs = None
-    for i, job in enumerate(jobs or [None]):
-        cfg = first.copy() if i == 0 else _compose(config_name, job)
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
-            if "out_dir" in cfg:
-                cfg.out_dir = "(the run folder)"  # ${hydra:runtime.output_dir} is only known once Hydra runs
-        validate(cfg, config_name)
-    return first
-
-
 def _value(args: list[str], key: str, default: str | None) -> str | None:
     """The value of the command-line override `key=VALUE` (quotes as Hydra reads them), or `default`."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -314,7 +227,7 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
     if target:
         plan = resume.plan(target, [a for a in args if not a.startswith("-")])
         if plan.finished:
-            print(f"run {plan.run_dir} is finished (epoch {plan.state['epoch']} of {plan.state['config']['epochs']}); nothing to do", file=sys.stderr)
+            print(f"{resume.finished_text(plan)}; nothing to do", file=sys.stderr)
             return args, 0
         if plan.run_dir is not None:  # continue in the run's own folder, keeping its own .hydra config
             if given("hydra.run.dir") and Path(_value(args, "hydra.run.dir", "")).resolve() != plan.run_dir.resolve():
@@ -333,6 +246,7 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
 
 
 CLAIMS: list = []  # folders this process claimed (released, and emptied if nothing was written, at exit)
+TYPED: list[str] = []  # the command line as typed, for the run's record (Hydra's sys.argv gains the claimed folder)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -345,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"convlab {__version__}")
         return
     name, args = argv[0], argv[1:]
+    TYPED[:] = ["convlab", *argv]
     if name not in COMMANDS:
         print(f"convlab: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (convlab --help)", file=sys.stderr)
         sys.exit(2)

@@ -16,12 +16,20 @@ from convlab.data.base import DataInfo
 from convlab.errors import ConfigError, ConvlabError
 from convlab.perf import Precision, resolve_precision
 from convlab.schema import validate
+from convlab.stopping import EarlyStop
 from convlab.tasks.base import Task, numbers_only
 from convlab.trainer import batches_on
 
 
+def data_info(state: dict[str, Any]) -> DataInfo:
+    """The data description a (checked) checkpoint holds: classes, channels, image size, normalisation."""
+    return DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
+
+
 def load_task(cfg: DictConfig, device: torch.device, precision: Precision | None = None) -> tuple[Task, DictConfig, dict[str, Any], Path]:
     """The task of checkpoint `cfg.ckpt` with its trained weights on `device`; also its config, state and path.
+
+    A run folder means the weights its test pass used: last.pt, or best.pt when the run stopped early.
 
     The checkpoint is untrusted: `load_checkpoint` reads weights only and checks its layout, its
     `_target_`s and its config's values before anything here is built.
@@ -30,8 +38,11 @@ def load_task(cfg: DictConfig, device: torch.device, precision: Precision | None
         raise ConfigError("ckpt=PATH is required: a .pt file or a run directory")
     path = find_checkpoint(cfg.ckpt)
     state = load_checkpoint(path)
+    if Path(cfg.ckpt).is_dir() and EarlyStop.of_checkpoint(state).verdict(state["history"]):
+        path = path.parent / "best.pt"  # the run stopped early and was tested on its best weights: a run folder means those
+        state = load_checkpoint(path)
     saved = OmegaConf.create(state["config"])
-    info = DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
+    info = data_info(state)
     parts = {k: OmegaConf.to_container(saved[k]) for k in ("model", "optim", "sched")}
     task = build(saved.task, "task", **parts, info=info, device=device, total_steps=1, steps_per_epoch=1, precision=precision)
     try:

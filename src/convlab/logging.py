@@ -14,13 +14,13 @@ import logging
 import math
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from convlab import interrupts
 from convlab.checkpoint import write_atomic
@@ -73,20 +73,52 @@ def _critical(method: Callable) -> Callable:
 class RunLogger:
     """Writes one run's curves and results into `out_dir`."""
 
-    def __init__(self, out_dir: Path, enabled: bool = True, purge_epoch: int | None = None) -> None:
+    def __init__(self, out_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
         self.out_dir, self.enabled = Path(out_dir), enabled
         self.writer = None
         if self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            # purge_step drops events an interrupted run wrote after its last checkpoint.
-            self.writer = SummaryWriter(str(self.out_dir), purge_step=purge_epoch)
+            # A resumed run passes the first global step after its checkpoint: TensorBoard then drops what
+            # the interrupted session wrote from there on, on every axis. Step curves count global steps;
+            # per-epoch values sit at epoch numbers, below it (the trainer writes an epoch's row and its
+            # checkpoint as one block, so a row without its checkpoint needs a hard crash in between).
+            self.writer = SummaryWriter(str(self.out_dir), purge_step=purge_step)
 
     def progress(self, batches: Iterable, total: int, desc: str) -> Iterator:
-        """A tqdm bar on a terminal; plain iteration otherwise (the epoch line says the rest)."""
-        show = self.enabled and sys.stderr.isatty()
+        """A tqdm.auto bar on a terminal or in Jupyter (a widget with ipywidgets, text without); hidden otherwise."""
+        show = self.enabled and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        with warnings.catch_warnings():  # tqdm warns once in a notebook without ipywidgets, then draws text bars
+            warnings.simplefilter("ignore")
+            from tqdm.auto import tqdm
+
         return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not show)
+
+    @_critical
+    def log_steps(self, step: int, values: dict[str, float]) -> None:
+        """Values at a global training step, as step/<key> on TensorBoard's step axis (flushed with the epoch)."""
+        if self.enabled:
+            for key, value in values.items():
+                self.writer.add_scalar(f"step/{key}", value, step)
+
+    @_critical
+    def describe_run(self, command: str, config: dict[str, Any], charts: dict[str, list[str]], step: int) -> None:
+        """What ran, as TensorBoard text (the command, the composed config), and the CUSTOM SCALARS layout.
+
+        `charts` (the task's) maps a title to metric keys: one chart each with train and val on the
+        epoch axis, and one with the step curves. `step` is the epoch the session starts from, so a
+        resumed run adds its own command beside the first.
+        """
+        if not self.enabled:
+            return
+        from omegaconf import OmegaConf
+
+        yaml = OmegaConf.to_yaml(config)
+        self.writer.add_text("run/command", _code(command), step)
+        self.writer.add_text("run/config", _code(yaml), step)
+        self.writer.add_custom_scalars(layout(charts))
+        self.writer.flush()
 
     @_critical
     def log_epoch(self, epoch: int, epochs: int, row: dict[str, float], history: list[dict[str, float]]) -> None:
@@ -210,6 +242,28 @@ def _save_grid(batch: torch.Tensor, path: Path) -> torch.Tensor:
     grid = image_grid(batch)
     save_png(grid, path)
     return grid
+
+
+def _code(text: str) -> str:
+    """`text` as a Markdown code block (TensorBoard's text tab renders Markdown)."""
+    return "\n".join("    " + line for line in text.rstrip("\n").splitlines())
+
+
+def layout(charts: dict[str, list[str]]) -> dict[str, dict[str, list]]:
+    """The CUSTOM SCALARS layout for a task's charts: train vs val per epoch, and the step curves.
+
+    A plain key (loss) is drawn as train/loss with val/loss, and per step as step/train/loss; a key
+    that names its split (val/fid) only as itself, per epoch. Tags are regular expressions that
+    TensorBoard matches from the start: anchored at both ends, train/loss does not also draw step/train/loss.
+    """
+    tag = lambda *parts: "^" + re.escape("/".join(parts)) + "$"  # noqa: E731
+    split = lambda k: k.startswith(("train/", "val/"))  # noqa: E731
+    epochs = {title: ["Multiline", [t for k in keys for t in ([tag(k)] if split(k) else [tag("train", k), tag("val", k)])]] for title, keys in charts.items()}
+    steps = {title: ["Multiline", [tag("step", "train", k) for k in keys if not split(k)]] for title, keys in charts.items() if not all(map(split, keys))}
+    return {
+        "train vs val (per epoch)": epochs | {"learning rate": ["Multiline", ["^lr$", "^lr/"]]},
+        "per step": steps | {"learning rate": ["Multiline", ["^step/lr$", "^step/lr/"]]},
+    }
 
 
 class ConsoleFormatter(logging.Formatter):

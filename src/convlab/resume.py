@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from convlab import rundir
 from convlab.checkpoint import CKPT_DIR, find_checkpoint, load_checkpoint, run_dir_of
 from convlab.errors import ConfigError, ConvlabError
+from convlab.stopping import EarlyStop
 
 # Keys a resumed run may change: where it runs and how long this session lasts, nothing it learns from.
 MAY_CHANGE = ("device", "trainer.devices", "trainer.stop_after")
@@ -68,8 +69,16 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
                     f"epochs {state['epoch'] + 1}-{newest}; continue the run with resume={run_dir}, or copy {path.name} out of {run_dir} to branch a new run"
                 )
     check_overrides(state["config"], list(overrides))
-    finished = run_dir is not None and state["epoch"] >= state["config"]["epochs"] and rundir.read_summary(run_dir).get("status") == "ok"
+    ended = state["epoch"] >= state["config"]["epochs"] or EarlyStop.of_checkpoint(state).verdict(state["history"]) is not None
+    finished = run_dir is not None and ended and rundir.read_summary(run_dir).get("status") == "ok"
     return Plan(path, run_dir, state, finished)
+
+
+def finished_text(p: Plan) -> str:
+    """One line on a finished run: where, and after which epoch (an early stop says so)."""
+    epoch, epochs = p.state["epoch"], p.state["config"]["epochs"]
+    how = f"stopped early at epoch {epoch} of {epochs}" if epoch < epochs else f"epoch {epoch} of {epochs}"
+    return f"run {p.run_dir} is finished ({how})"
 
 
 def finished_summary(p: Plan) -> dict[str, Any]:

@@ -102,6 +102,11 @@ def device(v: Any) -> str | None:
     return None if isinstance(v, str) and DEVICE_PATTERN.fullmatch(v) else "choose one of: auto, cpu, cuda, cuda:N, mps"
 
 
+def mapping(*keys: str) -> Check:
+    """A mapping whose keys are among `keys` (their values have rules of their own)."""
+    return lambda v: None if isinstance(v, dict) and set(v) <= set(keys) else f"expected a mapping with the keys {', '.join(keys)}"
+
+
 def augment(v: Any) -> str | None:
     """null, or a mapping of augmentation settings with known keys (their values have rules of their own)."""
     ok = v is None or (isinstance(v, dict) and set(v) <= set(AUGMENTS))
@@ -127,6 +132,9 @@ TRAIN: dict[str, Check] = {
     "trainer.devices": integer(1),
     "trainer.stop_after": optional(integer(1)),
     "trainer.limit_train_batches": optional(integer(1)),
+    "trainer.early_stop": optional(mapping("patience", "min_delta")),
+    "trainer.early_stop.patience": optional(integer(1)),
+    "trainer.early_stop.min_delta": optional(number(0)),
     "trainer.precision": choice("auto", *PRECISIONS),
     "trainer.channels_last": choice("auto", True, False),
     "trainer.compile": flag,
@@ -280,6 +288,8 @@ def _train_combinations(get: Callable[[str], Any]) -> None:
             raise ConfigError("gan.loss=wgan-gp needs a critic without BatchNorm; use model.d_norm=layer, none or auto")
         if batch // devices < 2:
             raise refuse("batch_size", batch, "expected at least 2 images per process (the generator's BatchNorm cannot train on one)", "a GAN")
+        if get("trainer.early_stop.patience") not in (_ABSENT, None) and get("gan.fid_every") == 0:
+            raise refuse("trainer.early_stop.patience", get("trainer.early_stop.patience"), "a GAN stops early on val/fid: set gan.fid_every=N (and install convlab[fid]), or drop it", "gan.fid_every=0")
     groups = get("model.groups")
     if get("model.conv") == "grouped":  # the fixed widths (ResNet's defaults, AlexNet's) split into any groups dividing 64; their constructors check
         for key in ("model.channels", "model.widths"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -10,11 +11,15 @@ from typing import Any
 
 import torch
 
-from convlab.checkpoint import CKPT_DIR, copy_atomic, rng_state, save_checkpoint, set_rng_state
+from convlab import interrupts
+from convlab.checkpoint import CKPT_DIR, copy_atomic, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convlab.distributed import all_reduce, gather
-from convlab.errors import ConvlabError
+from convlab.errors import ConfigError, ConvlabError
 from convlab.logging import RunLogger
+from convlab.stopping import EarlyStop
 from convlab.tasks.base import Task
+
+log = logging.getLogger("convlab")
 
 
 def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +44,9 @@ class Trainer:
     """Runs `task` for `epochs` over the loaders; evaluates, logs and checkpoints after each epoch.
 
     `meta` (the config, the data's shape) goes into every checkpoint, so `convlab eval`
-    and `convlab sample` can rebuild the run from the checkpoint alone.
+    and `convlab sample` can rebuild the run from the checkpoint alone. Every `log_every` steps the
+    running sums are read from the device once; that read feeds the progress bar and the step
+    curves (step/train/..., step/lr) on the global-step axis. Per-epoch values use the epoch axis.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class Trainer:
         memory_format: torch.memory_format = torch.contiguous_format,
         stop_after: int | None = None,
         limit_train_batches: int | None = None,
+        early_stop: EarlyStop | None = None,
         rank: int = 0,
         world_size: int = 1,
         save: bool = True,
@@ -67,9 +75,15 @@ class Trainer:
         # Under DDP every rank trains on its shard; rank 0 alone evaluates, logs and saves.
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
         self.epoch, self.history, self.elapsed = 0, [], 0.0
-        self.stopped = False
+        self.steps_per_epoch = min(len(loaders["train"]), limit_train_batches or len(loaders["train"]))
+        self.stopped = False  # the session ended at stop_after
         metric, mode = task.monitor
         self.best: dict[str, Any] = {"metric": f"val/{metric}", "mode": mode, "value": None, "epoch": None}
+        self.early_stop = early_stop or EarlyStop(self.best["metric"], mode)
+        if self.early_stop.patience and not task.monitor_available:
+            raise ConfigError(f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric {self.early_stop.metric}, which this run does not compute; drop it")
+        self.early_stopped: dict[str, Any] | None = None  # when and why the run stopped early
+        self.tested: dict[str, Any] = {}  # which weights the test pass used
         task.attach(loaders)
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -90,12 +104,16 @@ class Trainer:
         """Train the remaining epochs, then evaluate on the test split; returns the final results.
 
         With `stop_after=k`, the session ends after k epochs (checkpointed, `stopped` set, no
-        test pass), for `resume=` to continue: a cluster job's time limit, say.
+        test pass), for `resume=` to continue: a cluster job's time limit, say. A run that stops
+        early (`early_stop`) is tested on its best checkpoint's weights; `tested` says which.
         """
         if self.epoch == 0 and self.is_main:
             self._log_real_images()
         first = self.epoch
+        self.early_stopped = self._stop_verdict()  # a resumed run that had already stopped goes straight to its test
         for epoch in range(self.epoch + 1, self.epochs + 1):
+            if self.early_stopped:
+                break
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.task.scalars()}
             train_metrics, perf = self.train_epoch(epoch, max_steps=self.limit_train_batches)
@@ -107,16 +125,21 @@ class Trainer:
                 row |= _prefixed("val", val)
             row |= perf
             self.elapsed += time.perf_counter() - started
-            self.history.append(row)
-            self.logger.log_epoch(epoch, self.epochs, row, self.history)
-            self.logger.log_images(images, epoch, per_epoch=True)
-            self.epoch = epoch
-            self._checkpoint(self._improved(row))
-            if self.stop_after and epoch - first >= self.stop_after and epoch < self.epochs:
+            # The epoch's events and its checkpoint are written whole: a resume purges the step curves
+            # after the checkpoint (RunLogger's purge_step), and no Ctrl-C may leave an epoch's row without it.
+            with interrupts.critical():
+                self.history.append(row)
+                self.logger.log_epoch(epoch, self.epochs, row, self.history)
+                self.logger.log_images(images, epoch, per_epoch=True)
+                self.epoch = epoch
+                self._checkpoint(self._improved(row))
+            self.early_stopped = self._stop_verdict()
+            if not self.early_stopped and self.stop_after and epoch - first >= self.stop_after and epoch < self.epochs:
                 self.stopped = True
                 return {}
         if not self.is_main:
             return {}
+        self.tested = self._restore_best() if self.early_stopped else {"which": "last", "epoch": self.epoch}
         test = self.task.evaluate(self._on_device("test"), final=True)
         self.logger.log_final(self.epochs, "test", test)
         return test
@@ -125,6 +148,26 @@ class Trainer:
         """Each rank's sum of all parameters: equal on every rank when DDP kept the replicas in sync."""
         local = sum(p.detach().double().sum().item() for m in self.task.models.values() for p in m.parameters())
         return gather(local)
+
+    def _stop_verdict(self) -> dict[str, Any] | None:
+        """Whether the run stops early now (rank 0 decides: it alone validates; the others follow)."""
+        verdict = self.early_stop.verdict(self.history) if self.is_main else None
+        if self.world_size > 1 and self.early_stop.patience:
+            if not all_reduce(torch.tensor(float(verdict is not None), device=self.device), op="max").item():
+                return None
+            verdict = verdict or {"epoch": self.epoch, "reason": "rank 0 stopped early"}
+        return verdict
+
+    def _restore_best(self) -> dict[str, Any]:
+        """The best checkpoint's weights back in place for the test pass; what was tested, for summary.json."""
+        best = self.ckpt_dir / "best.pt"
+        try:
+            state = load_checkpoint(best)  # this run's own file, but read through the same checks as any
+            self.task.load_state_dict(state["task"])
+        except ConvlabError as e:
+            log.warning("testing the last weights (epoch %d) instead of the best: %s", self.epoch, e)
+            return {"which": "last", "epoch": self.epoch, "why": str(e)}
+        return {"which": "best", "epoch": state["epoch"], "checkpoint": str(best)}
 
     def _log_real_images(self) -> None:
         """A grid of training images as the model sees them, once at the start of a run."""
@@ -148,7 +191,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}  # per key: a task may report some values on some steps only
         bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first step with a NaN/Inf, 0 if none
-        seen = timed = 0
+        seen = timed = step = 0
+        last: dict[str, tuple[float, float]] = {}  # (sum, count) per key at the previous read
         start = time.perf_counter()
         bar = self.logger.progress(loader, min(len(loader), max_steps or len(loader)), f"epoch {epoch}/{self.epochs}")
         for step, batch in enumerate(batches_on(bar, self.device, self.memory_format), 1):
@@ -168,28 +212,39 @@ class Trainer:
                 timed += n
             # Reading a device value waits for the device: do it once per log interval, not per step.
             if step % self.log_every == 0:
-                means = self._means(sums, counts, bad_step, epoch)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()} | {"img/s": f"{timed / (time.perf_counter() - timed_start):.0f}"})
+                totals = self._read(sums, counts, bad_step, epoch)
+                self._log_step(epoch, step, totals, last)
+                last = totals
+                bar.set_postfix({k: f"{s / c:.4g}" for k, (s, c) in totals.items()} | {"img/s": f"{timed / (time.perf_counter() - timed_start):.0f}"})
             if step == max_steps:
                 break
-        means = self._means(sums, counts, bad_step, epoch)  # waits for the device
+        totals = self._read(sums, counts, bad_step, epoch)  # waits for the device
+        if step % self.log_every:
+            self._log_step(epoch, step, totals, last)  # the epoch's steps after its last full interval
+        means = {k: s / c for k, (s, c) in totals.items()}
         end = time.perf_counter()
         rate = timed / (end - timed_start) if timed else seen / (end - start)
         # Every rank trains its equal shard at the same time: the run's rate is world_size times one rank's.
         return means, {"perf/images_per_s": rate * self.world_size, "perf/epoch_s": end - start, "perf/first_step_s": first_step_s}
 
-    def _means(self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int) -> dict[str, float]:
-        """Averages over all ranks' batches so far; stops the run at the first NaN/Inf any rank saw."""
+    def _read(self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int) -> dict[str, tuple[float, float]]:
+        """All ranks' (sum, count) per key so far, in one device read; stops the run at the first NaN/Inf any rank saw."""
         keys = list(sums)
         totals = all_reduce(torch.stack([sums[k] for k in keys] + [torch.tensor(float(counts[k]), device=self.device) for k in keys]))
-        means = {k: (totals[i] / totals[len(keys) + i]).item() for i, k in enumerate(keys)}
-        bad = all_reduce(bad_step, op="max").item()  # the first bad step of whichever rank met one
+        bad = all_reduce(bad_step, op="max")  # the first bad step of whichever rank met one
+        *flat, bad = torch.cat([totals, bad.to(totals.dtype).view(1)]).tolist()  # the one read
+        out = {k: (flat[i], flat[len(keys) + i]) for i, k in enumerate(keys)}
         if bad:
-            values = ", ".join(f"train/{k} = {v}" for k, v in means.items() if not math.isfinite(v))
+            values = ", ".join(f"train/{k} = {s / c}" for k, (s, c) in out.items() if not math.isfinite(s / c))
             last = self.ckpt_dir / "last.pt"
             kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch else "no checkpoint was written yet"
-            raise ConvlabError(f"training diverged in epoch {epoch} at step {bad}: {values}; {kept}")
-        return means
+            raise ConvlabError(f"training diverged in epoch {epoch} at step {int(bad)}: {values}; {kept}")
+        return out
+
+    def _log_step(self, epoch: int, step: int, totals: dict[str, tuple[float, float]], last: dict[str, tuple[float, float]]) -> None:
+        """Step curves: each value's mean over the steps since the previous point, and the learning rate(s) now."""
+        values = {f"train/{k}": (s - last.get(k, (0, 0))[0]) / (c - last.get(k, (0, 0))[1]) for k, (s, c) in totals.items() if c > last.get(k, (0, 0))[1]}
+        self.logger.log_steps((epoch - 1) * self.steps_per_epoch + step, values | self.task.scalars())
 
     def _improved(self, row: dict[str, Any]) -> bool:
         value = row.get(self.best["metric"])

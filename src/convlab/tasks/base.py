@@ -34,6 +34,9 @@ class Task(ABC):
     """
 
     monitor: tuple[str, str] = ("loss", "min")
+    # TensorBoard charts (its CUSTOM SCALARS tab): title -> keys that train_step and evaluate report,
+    # each drawn for train and val together per epoch and as a step curve; "val/fid" names one split only.
+    charts: dict[str, list[str]] = {"loss": ["loss"]}
 
     def __init__(self, precision: Precision | None = None) -> None:
         self.precision = precision or Precision()  # autocast and loss scaling, chosen by the trainer's config
@@ -41,6 +44,11 @@ class Task(ABC):
         self.optimizers: dict[str, Optimizer] = {}
         self.schedulers: dict[str, LRScheduler] = {}
         self.wrapped: dict[str, nn.Module] = {}  # set by distribute(): what train_step calls under DDP
+
+    @property
+    def monitor_available(self) -> bool:
+        """Whether validation reports the `monitor` metric (early stopping needs it)."""
+        return True
 
     def train_model(self, name: str) -> nn.Module:
         """The model `name` as training steps should call it (DDP-wrapped in multi-process runs)."""

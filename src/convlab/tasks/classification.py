@@ -19,6 +19,7 @@ class ClassificationTask(Task):
     """One model, one optimizer, one per-step schedule; metrics: loss and accuracy."""
 
     monitor = ("acc", "max")
+    charts = {"loss": ["loss"], "accuracy": ["acc"]}
 
     def __init__(
         self,

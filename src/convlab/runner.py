@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from convlab.errors import ConfigError, ConvlabError
 from convlab.schema import validate
 from convlab.logging import RunLogger, flatten
 from convlab.perf import Precision, keep_freed_memory, resolve_speed_settings
+from convlab.stopping import EarlyStop
 from convlab.tasks.base import Task, numbers_only
 from convlab.trainer import Trainer
 
@@ -113,12 +115,13 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
     if world_size > 1:
         task.distribute(lambda m: distributed.wrap(m, device, cfg.trainer.sync_bn))
         torch.manual_seed(cfg.seed + rank)  # same initial weights everywhere, but each rank its own dropout
-    logger = RunLogger(out_dir, enabled=write and rank == 0, purge_epoch=state["epoch"] + 1 if state else None)
+    logger = RunLogger(out_dir, enabled=write and rank == 0, purge_step=state["epoch"] * steps_per_epoch + 1 if state else None)
     meta = {"config": config, "data_info": dataclasses.asdict(info)}
     trainer = Trainer(
         task, loaders, logger, device, cfg.epochs, out_dir, meta,
         log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format,
-        stop_after=cfg.trainer.stop_after, limit_train_batches=cfg.trainer.limit_train_batches, rank=rank, world_size=world_size, save=write,
+        stop_after=cfg.trainer.stop_after, limit_train_batches=cfg.trainer.limit_train_batches,
+        early_stop=EarlyStop.from_config(config["trainer"].get("early_stop"), f"val/{task.monitor[0]}", task.monitor[1]), rank=rank, world_size=world_size, save=write,
     )  # fmt: skip
     if state:
         try:
@@ -131,25 +134,35 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
     return Run(cfg, device, data, loaders, task, trainer, logger, state, macs)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     """Run one training job; returns the summary also written to summary.json.
 
-    Resuming a finished run changes nothing and returns its summary. However the job ends
-    (Ctrl-C, SIGTERM, an error), summary.json is left saying so, never "running".
+    `command` is what the user typed, for the run's TensorBoard text and summary. Resuming a
+    finished run (or one that stopped early) changes nothing and returns its summary. However the
+    job ends (Ctrl-C, SIGTERM, an error), summary.json is left saying so, never "running".
     """
     with interrupts.handled():  # SIGTERM (SLURM's time limit, docker stop, kill) ends the run like Ctrl-C
         plan = resume.plan(cfg.resume) if cfg.get("resume") else None
         if plan and plan.finished:
-            log.info("run %s is finished (epoch %d of %d); nothing to do", plan.run_dir, plan.state["epoch"], plan.state["config"]["epochs"])
+            log.info("%s; nothing to do", resume.finished_text(plan))
             return resume.finished_summary(plan)
         run = setup(cfg, plan=plan)
         try:
-            return _run(run, plan)
+            return _run(run, plan, command or _hydra_command())
         finally:
             rundir.unlock(Path(run.cfg.out_dir))
 
 
-def _run(run: Run, plan: resume.Plan | None) -> dict[str, Any]:
+def _hydra_command() -> str:
+    """The job's command rebuilt from Hydra's record of its overrides (a sweep job's own values)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "(built in Python: train(cfg))"
+    return shlex.join(["convlab", "train", *HydraConfig.get().overrides.task])
+
+
+def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
     """Fit the run; however it ends, its summary.json says how (never "running")."""
     started = time.perf_counter()
     cfg, trainer, task = run.cfg, run.trainer, run.task
@@ -164,6 +177,7 @@ def _run(run: Run, plan: resume.Plan | None) -> dict[str, Any]:
         "precision": task.precision.kind,
         "precision_reason": task.precision.reason,
         "out_dir": cfg.out_dir,
+        "command": command,
     }
     if plan and plan.run_dir is None:
         summary["branched_from"] = {"checkpoint": str(plan.checkpoint), "epoch": plan.state["epoch"]}
@@ -191,6 +205,7 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     macs = f", {run.macs / 1e6:,.1f} M MACs per image" if run.macs else ""
     log.info("%s on %s: %s parameters%s, %s images, device %s%s, precision %s, output %s", summary["model"], summary["data"],
              f"{summary['parameters']:,}", macs, sizes, run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
+    logger.describe_run(summary["command"], trainer.meta["config"], task.charts, trainer.epoch)
     test = trainer.fit()
     checksums = trainer.replica_checksums() if trainer.world_size > 1 else None
     final = trainer.history[-1] if trainer.history else {}
@@ -200,6 +215,11 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
         logger.close()
         log.info("stopped after epoch %d of %d (trainer.stop_after); continue with: %s", trainer.epoch, cfg.epochs, summary["resume"])
         return summary
+    if trainer.early_stop.patience:
+        summary["early_stop"] = trainer.early_stop.describe() | {"stopped": bool(trainer.early_stopped)} | (trainer.early_stopped or {})
+        if trainer.early_stopped:
+            log.info("stopped early after epoch %d of %d: %s; testing the %s weights (epoch %d)", trainer.epoch, cfg.epochs,
+                     trainer.early_stopped["reason"], trainer.tested["which"], trainer.tested["epoch"])  # fmt: skip
     if checksums:
         summary["ddp"] = {"world_size": trainer.world_size, "param_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1}
     summary |= {
@@ -208,6 +228,7 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
         "best": trainer.best,
         "final": final,
         "test": numbers_only(test),
+        "test_weights": trainer.tested,
         "images_per_s": final.get("perf/images_per_s"),
         "wall_time_s": (run.state["elapsed"] if run.state else 0.0) + time.perf_counter() - started,
         "ended": datetime.now().isoformat(timespec="milliseconds"),
