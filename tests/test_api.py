@@ -46,7 +46,12 @@ def test_readme_example_runs_and_a_second_call_in_the_same_process_works(tmp_pat
     assert (folder / ".hydra" / "overrides.yaml").read_text().splitlines() == ["- model=hdc", "- data=synthetic", "- data.num_train=1000", "- epochs=2"]
     assert "epoch 2/2" in (folder / "train.log").read_text()
 
-    second = convlab.train(*TINY, out_dir=tmp_path / "second", quiet=True)
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_module("convlab.conf", version_base="1.3"):  # the notebook's own Hydra session is left alone
+        second = convlab.train(*TINY, out_dir=tmp_path / "second", quiet=True)
+        assert GlobalHydra.instance().is_initialized()
     assert second["status"] == "ok" and second["out_dir"] == str(tmp_path / "second")
     assert capfd.readouterr() == ("", "")  # quiet: the lines go to train.log only
     assert "epoch 1/1" in (tmp_path / "second" / "train.log").read_text()

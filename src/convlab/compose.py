@@ -28,8 +28,12 @@ def _group_options(group: str) -> list[str]:
 def compose(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
     """`config_name` composed with `overrides`; a failure is one ConfigError line (naming a missing plugin's extra)."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
 
+    outer = Singleton.get_state() if GlobalHydra.instance().is_initialized() else None  # a notebook's own Hydra session
     try:
+        GlobalHydra.instance().clear()
         with initialize_config_module("convlab.conf", version_base="1.3"):
             return compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except Exception as e:
@@ -41,6 +45,9 @@ def compose(config_name: str, overrides: list[str], hydra: bool = False) -> Dict
             raise ConfigError(f"{asked} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".[{PLUGIN_EXTRAS[plugin]}]\"") from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:2])) from None
+    finally:
+        if outer is not None:
+            Singleton.set_state(outer)
 
 
 def expand(overrides: list) -> list[list[str]] | None:

@@ -217,7 +217,7 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
         return summary
     if trainer.early_stop.patience:
         summary["early_stop"] = trainer.early_stop.describe() | {"stopped": bool(trainer.early_stopped)} | (trainer.early_stopped or {})
-        if trainer.early_stopped:
+        if trainer.early_stopped and trainer.is_main:  # the other ranks neither test nor log
             log.info("stopped early after epoch %d of %d: %s; testing the %s weights (epoch %d)", trainer.epoch, cfg.epochs,
                      trainer.early_stopped["reason"], trainer.tested["which"], trainer.tested["epoch"])  # fmt: skip
     if checksums:
