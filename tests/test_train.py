@@ -164,7 +164,7 @@ def test_every_optimizer_and_schedule_runs_and_round_trips(optim: str, sched: st
     opt.load_state_dict(state["opt"])
 
 
-def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # Validation accuracy is scripted; the training and the final test pass are real.
     scripted = iter([0.5, 0.6, 0.62, 0.61, 0.9])  # +0.1 improves; +0.02 does not beat min_delta=0.05, but is best.pt's best
     real_evaluate = ClassificationTask.evaluate
@@ -195,13 +195,15 @@ def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Pat
     assert correct / len(loader.labels) == summary["test"]["acc"]
     # Resuming a run that stopped early is like resuming a finished one: nothing runs, nothing is rewritten.
     files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != ".convlab.lock"}
-    again = train(make_cfg(tmp_path / "other", f"resume={tmp_path}"))
+    with caplog.at_level("INFO", logger="convlab"):
+        again = train(make_cfg(tmp_path / "other", f"resume={tmp_path}"))
     assert again == json.loads((tmp_path / "summary.json").read_text()) and again["early_stop"]["stopped"]
+    assert f"run {tmp_path} is finished (stopped early at epoch 4 of 6); nothing to do" in caplog.text
     assert files == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != ".convlab.lock"}
 
 
 def test_a_run_cut_during_its_early_stop_test_pass_resumes_straight_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_evaluate, real_step = ClassificationTask.evaluate, ClassificationTask.train_step
+    real_evaluate = ClassificationTask.evaluate
     scripted = iter([0.5, 0.4])
 
     def cut_at_test(self: ClassificationTask, loader, final: bool = False) -> dict:

@@ -44,7 +44,13 @@ def _resume(path: Path) -> Any:
     return train(make_cfg(path.parent / "elsewhere", f"resume={path}"))
 
 
-READERS = {"eval": _eval, "sample": _sample, "resume": _resume}
+def _load(path: Path) -> Any:
+    import convlab
+
+    return convlab.load(path, device="cpu")
+
+
+READERS = {"eval": _eval, "sample": _sample, "resume": _resume, "load": _load}
 
 
 def _payload(marker: Path) -> dict[str, Any]:
@@ -130,6 +136,10 @@ LAYOUT = {
     "negative epoch": lambda s: s.__setitem__("epoch", -1),
     "history too short": lambda s: s.__setitem__("history", []),
     "history of strings": lambda s: s.__setitem__("history", [{"epoch": "one"}]),
+    "history rows without epochs": lambda s: s.__setitem__("history", [{"val/acc": 0.5} for _ in s["history"]]),
+    "early stop of the wrong type": lambda s: s["config"]["trainer"].__setitem__("early_stop", {"patience": "soon"}),
+    "early stop with unknown keys": lambda s: s["config"]["trainer"].__setitem__("early_stop", {"patience": 2, "monitor": "os.system"}),
+    "early stop min_delta NaN": lambda s: s["config"]["trainer"].__setitem__("early_stop", {"patience": 2, "min_delta": float("nan")}),
     "a target outside the config": lambda s: s["best"].__setitem__("x", {"_target_": "os.system"}),
     "an unknown top-level key": lambda s: s.__setitem__("hook", {"_target_": "os.system"}),
     "data_info extra field": lambda s: s["data_info"].__setitem__("evil", 1),
@@ -149,7 +159,7 @@ LAYOUT = {
 }
 
 
-@pytest.mark.parametrize("reader", ["eval", "resume"])
+@pytest.mark.parametrize("reader", ["eval", "resume"])  # convlab.load reads through eval's load_task
 @pytest.mark.parametrize("case", sorted(LAYOUT))
 def test_damaged_checkpoints_are_one_line(case: str, reader: str, good: dict, tmp_path: Path) -> None:
     state = copy.deepcopy(good)

@@ -147,8 +147,11 @@ def _layout_problem(state: dict[str, Any]) -> str | None:
     epochs, epoch = config.get("epochs"), state["epoch"]
     if not isinstance(epochs, int) or isinstance(epochs, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
         return f"epoch {epoch!r} of epochs {epochs!r} is out of range"
-    if len(state["history"]) != epoch or not all(isinstance(r, dict) and all(_is_number(v) for v in r.values()) for r in state["history"]):
+    history = state["history"]
+    if len(history) != epoch or not all(isinstance(r, dict) and all(_is_number(v) for v in r.values()) for r in history):
         return f"its history does not hold {epoch} rows of numbers"
+    if [r.get("epoch") for r in history] != list(range(1, epoch + 1)):
+        return f"its history rows are not epochs 1 to {epoch} in order"
     info = state["data_info"]
     if set(info) != INFO_FIELDS or not all(isinstance(info[k], int) and info[k] >= 1 for k in ("num_classes", "in_channels", "image_size")):
         return f"data_info must hold {', '.join(sorted(INFO_FIELDS))} with positive sizes"

@@ -207,7 +207,7 @@ def _value(args: list[str], key: str, default: str | None) -> str | None:
 
 def _paths_override(args: list[str]) -> list[str]:
     """`convlab report A B` -> `paths=['A','B']`: Hydra takes no positional arguments."""
-    from convlab.resume import hydra_quote
+    from convlab.rundir import hydra_quote
 
     paths = [a for a in args if "=" not in a and not a.startswith("-")]
     rest = [a for a in args if a not in paths]
@@ -219,12 +219,14 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
 
     The second value is an exit code when the command ends here (a finished run resumed).
     """
-    from convlab import resume, rundir
-    from convlab.resume import hydra_quote
+    from convlab import rundir
+    from convlab.rundir import hydra_quote
 
     given = lambda key: any(a.startswith(f"{key}=") for a in args)  # noqa: E731
     target = _value(args, "resume", None)
     if target:
+        from convlab import resume  # reads checkpoints: imports torch
+
         plan = resume.plan(target, [a for a in args if not a.startswith("-")])
         if plan.finished:
             print(f"{resume.finished_text(plan)}; nothing to do", file=sys.stderr)

@@ -86,8 +86,6 @@ def preflight(config_name: str, args: list[str]) -> DictConfig | None:
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from convlab.schema import validate
-
     parser = OverridesParser.create()
     try:
         parsed = get_args_parser().parse_args(args)
@@ -101,6 +99,8 @@ def preflight(config_name: str, args: list[str]) -> DictConfig | None:
         raise ConfigError(f"cannot read the override {bad!r} ({reason}); quote values that hold = , [ ] or spaces: key='value'") from None
     if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.config_dir or parsed.config_name or parsed.shell_completion:
         return None
+    from convlab.schema import validate  # imports torch (~3 s): not for --help, --cfg and --info
+
     jobs = expand(overrides)
     first = compose(config_name, jobs[0] if jobs else [o.input_line for o in overrides], hydra=True)
     if config_name == "report":

@@ -9,7 +9,6 @@ pasted back into a shell as printed, whatever the folder's name holds.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from importlib import resources
@@ -19,23 +18,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from convlab import rundir
+from convlab.rundir import hydra_quote
 from convlab.checkpoint import CKPT_DIR, find_checkpoint, load_checkpoint, run_dir_of
 from convlab.errors import ConfigError, ConvlabError
 from convlab.stopping import EarlyStop
 
 # Keys a resumed run may change: where it runs and how long this session lasts, nothing it learns from.
 MAY_CHANGE = ("device", "trainer.devices", "trainer.stop_after")
-_PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]+")
-
-
-def hydra_quote(value: str) -> str:
-    """`value` as a Hydra override value: plain when it can be, else a quoted string Hydra reads back as is."""
-    if _PLAIN.fullmatch(value):
-        return value
-    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
-    return "'" + escaped.replace("'", "\\'") + "'"
-
-
 def command(run_dir: Path | str) -> str:
     """The shell command that continues the run in `run_dir`, quoted for both the shell and Hydra."""
     return f"convlab train {shlex.quote('resume=' + hydra_quote(str(run_dir)))}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,15 @@ SWEEP_FILES = ("multirun.yaml", "summary.md", "summary.csv", "optimization_resul
 REDIRECTS = ("train.log", ".hydra", "checkpoints", "samples")
 GONE = "the process ended while the run was running (killed, or its machine stopped); resume= continues from the last checkpoint"
 _held: dict[Path, int] = {}  # folder -> descriptor of the lock this process holds
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]+")
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as a Hydra override value: plain when it can be, else a quoted string Hydra reads back as is."""
+    if _PLAIN.fullmatch(value):
+        return value
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
+    return "'" + escaped.replace("'", "\\'") + "'"
 
 
 def holds_run(folder: Path) -> bool:

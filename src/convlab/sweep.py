@@ -13,7 +13,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from convlab import rundir
-from convlab.checkpoint import copy_atomic, write_atomic
 from convlab.runs import RunRecord, find_runs, table, to_csv, to_markdown
 
 # Jobs of the last sweep in this process that did not end "ok" (the CLI's exit code reads it).
@@ -25,6 +24,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write summary.csv / summary.md and print the table."""
+        from convlab.checkpoint import copy_atomic, write_atomic  # imports torch: only once a sweep has ended
+
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return

@@ -243,7 +243,11 @@ class Trainer:
 
     def _log_step(self, epoch: int, step: int, totals: dict[str, tuple[float, float]], last: dict[str, tuple[float, float]]) -> None:
         """Step curves: each value's mean over the steps since the previous point, and the learning rate(s) now."""
-        values = {f"train/{k}": (s - last.get(k, (0, 0))[0]) / (c - last.get(k, (0, 0))[1]) for k, (s, c) in totals.items() if c > last.get(k, (0, 0))[1]}
+        values = {}
+        for key, (s, c) in totals.items():
+            s0, c0 = last.get(key, (0.0, 0.0))
+            if c > c0:  # a value reported on some steps only (a GAN's G loss, every d_steps) may have none since
+                values[f"train/{key}"] = (s - s0) / (c - c0)
         self.logger.log_steps((epoch - 1) * self.steps_per_epoch + step, values | self.task.scalars())
 
     def _improved(self, row: dict[str, Any]) -> bool:
