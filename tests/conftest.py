@@ -23,8 +23,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # (--no-loadscope-reorder: not by test count): the slowest files first keep the two workers' loads
 # even. Seconds per file on 2 CPU cores (pytest --durations=0, 2026-11-28) in the comments.
 SLOWEST_FIRST = (
-    "test_demo.py",  # 150: the README demo run
-    "test_run_safety.py",  # 120
+    "test_run_safety.py",  # 130
+    "test_demo.py",  # 110: the README demo run
     "test_cli.py",  # 95
     "test_train.py",  # 70
     "test_real_data.py",  # 47

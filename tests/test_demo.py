@@ -1,4 +1,4 @@
-"""The README demo run once (plain_cnn on the synthetic data, 2 epochs) and what a user does with its folder.
+"""The README demo run once (hdc on the synthetic data, 2 epochs) and what a user does with its folder.
 
 Its own file, so pytest-xdist (--dist loadfile) runs this 2-minute module beside test_cli.py, not after it.
 """
@@ -18,7 +18,7 @@ from tests.test_cli import one_error_line
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README demo (plain_cnn, synthetic data, 2 epochs) run once for the tests below."""
+    """The README demo (hdc, synthetic data, 2 epochs) run once for the tests below."""
     out = tmp_path_factory.mktemp("demo")
     proc = run_cli("train", "+experiment=synthetic_demo", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr
@@ -27,7 +27,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_learns_the_synthetic_data(demo_run: Path) -> None:
     summary = json.loads((demo_run / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["model"] == "plain_cnn" and summary["epochs"] == 2
+    assert summary["status"] == "ok" and summary["model"] == "hdc" and summary["epochs"] == 2
     assert summary["best"]["value"] >= 0.60  # the issue's bar: well above the 10 % of chance
     first = (demo_run / "train.log").read_text().splitlines()[0]
     # The run's first line says which precision and why (bf16 where this CPU has native bf16, fp32 elsewhere).
@@ -56,7 +56,7 @@ def test_tensorboard_curves_images_and_hparams(demo_run: Path) -> None:
     assert {"test/confusion_matrix", "test/effective_field"} <= set(tags["images"])
     hparams = ea.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
-    assert b"plain_cnn" in hparams["_hparams_/session_start_info"] and b"test/acc" in hparams["_hparams_/experiment"]
+    assert b"hdc" in hparams["_hparams_/session_start_info"] and b"test/acc" in hparams["_hparams_/experiment"]
 
 
 def test_tensorboard_step_curves_layout_and_config_text(demo_run: Path) -> None:
@@ -79,7 +79,7 @@ def test_tensorboard_step_curves_layout_and_config_text(demo_run: Path) -> None:
     assert charts[("per step", "loss")] == ["^step/train/loss$"] and charts[("per step", "accuracy")] == ["^step/train/acc$"]
     command, config = (_text(ea, f"run/{name}/text_summary") for name in ("command", "config"))
     assert "convlab train +experiment=synthetic_demo" in command
-    assert "    model:\n      name: plain_cnn" in config and "    epochs: 2" in config  # a Markdown code block of the YAML
+    assert "    model:\n      name: hdc" in config and "    epochs: 2" in config  # a Markdown code block of the YAML
     assert json.loads((demo_run / "summary.json").read_text())["command"].startswith("convlab train +experiment=synthetic_demo")
 
 
@@ -106,8 +106,8 @@ def test_eval_reproduces_the_validation_accuracy(demo_run: Path) -> None:
 
 def test_resume_of_a_finished_run_keeps_its_history(demo_run: Path) -> None:
     before = (demo_run / "metrics.csv").read_text()
-    proc = run_cli("train", f"resume={demo_run}", "model=hdc")
-    assert "model.name (saved 'plain_cnn', given 'hdc')" in one_error_line(proc) and "only device=" in one_error_line(proc)
+    proc = run_cli("train", f"resume={demo_run}", "model=plain_cnn")
+    assert "model.name (saved 'hdc', given 'plain_cnn')" in one_error_line(proc) and "only device=" in one_error_line(proc)
     proc = run_cli("train", f"resume={demo_run}")
     assert proc.returncode == 0, proc.stderr
     assert (demo_run / "metrics.csv").read_text() == before
@@ -116,7 +116,7 @@ def test_resume_of_a_finished_run_keeps_its_history(demo_run: Path) -> None:
 
 def test_sample_needs_a_generator(demo_run: Path) -> None:
     line = one_error_line(run_cli("sample", f"ckpt={demo_run}"))
-    assert "plain_cnn classifier" in line and "model=dcgan" in line
+    assert "hdc classifier" in line and "model=dcgan" in line
 
 
 def test_inspect_a_trained_run(demo_run: Path, tmp_path: Path) -> None:
