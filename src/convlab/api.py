@@ -53,7 +53,7 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
 
     args = _checked(overrides)
     cfg = compose("train", args, hydra=True)
-    if cfg.hydra.mode == RunMode.MULTIRUN:  # an experiment that is a study (hydra.sweeper.params)
+    if cfg.hydra.mode == RunMode.MULTIRUN:  # hydra.mode=MULTIRUN, given or set by a config
         raise ConfigError(f"{' '.join(args)} composes a sweep; convlab.train runs one job: run sweeps on the command line (convlab train ...)")
     folder = (Path(out_dir) if out_dir is not None else Path(cfg.hydra.run.dir)).absolute()  # as Hydra's output_dir is
     explicit = out_dir is not None or any(a.startswith("hydra.run.dir=") for a in args)
