@@ -154,3 +154,12 @@ def test_tensorboard_custom_scalars_for_the_sweep_folder(sweep: tuple[Path, obje
             drawn = [t for t in tags if any(re.match(r, t) for r in regexes)]
             assert len(drawn) == (2 if title in ("loss", "accuracy") and category != "per step" else 1), (run, title, drawn)
             assert all(t.startswith("step/") == (category == "per step") for t in drawn)
+
+
+def test_each_job_records_its_own_command_and_the_sweeps(sweep: tuple[Path, object]) -> None:
+    out, _ = sweep
+    job = next(out.glob("1_*"))
+    command = json.loads((job / "summary.json").read_text())["command"]
+    own, sweep_line = command.splitlines()
+    assert own.startswith("convlab train optim.lr=0.05 ") and "0.01,0.05" not in own
+    assert sweep_line.startswith("(job 1 of the sweep: convlab train -m optim.lr=0.01,0.05,0.2,1e30 ")
