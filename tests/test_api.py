@@ -52,15 +52,37 @@ def test_readme_example_runs_and_a_second_call_in_the_same_process_works(tmp_pat
     with initialize_config_module("convlab.conf", version_base="1.3"):  # the notebook's own Hydra session is left alone
         second = convlab.train(*TINY, out_dir=tmp_path / "second", quiet=True)
         assert GlobalHydra.instance().is_initialized()
+        # resume= with the run's own command repeated composes it again to compare: also inside that session
+        assert convlab.train(f"resume={folder}", "model=hdc", "data=synthetic", "data.num_train=1000", "epochs=2", quiet=True) == result
     assert second["status"] == "ok" and second["out_dir"] == str(tmp_path / "second")
     assert capfd.readouterr() == ("", "")  # quiet: the lines go to train.log only
     assert "epoch 1/1" in (tmp_path / "second" / "train.log").read_text()
-    assert "epoch 1/2" not in (tmp_path / "second" / "train.log").read_text()  # the first call's handlers are gone
+    assert "epoch 1/1" not in (folder / "train.log").read_text()  # the first call's handlers are gone
     # resume= of a finished run: its summary, nothing rewritten.
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
     assert convlab.train(f"resume={folder}") == result
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before
     assert "is finished (epoch 2 of 2); nothing to do" in capfd.readouterr().err
+
+
+def test_a_failed_resume_leaves_the_run_unlocked_and_out_dir_cannot_move_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from convlab import rundir
+    from convlab.trainer import Trainer
+
+    run = tmp_path / "run"
+    convlab.train(*TINY, "epochs=2", "trainer.stop_after=1", out_dir=run, quiet=True)  # stopped after epoch 1: resumable
+    with pytest.raises(ConvlabError, match="continues the run in .* itself; drop out_dir="):
+        convlab.train(f"resume={run}", out_dir=tmp_path / "elsewhere", quiet=True)
+
+    def broken(self: Trainer, state: dict) -> None:
+        raise ConvlabError("the checkpoint's loss-scaler state is malformed")
+
+    monkeypatch.setattr(Trainer, "restore", broken)
+    with pytest.raises(ConvlabError, match="loss-scaler"):
+        convlab.train(f"resume={run}", quiet=True)
+    assert not rundir.is_locked(run)  # the notebook's process lives on: it must not keep the run's lock
+    monkeypatch.undo()
+    assert convlab.train(f"resume={run}", quiet=True)["epochs"] == 2
 
 
 @pytest.mark.parametrize(

@@ -200,6 +200,12 @@ def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Pat
     assert again == json.loads((tmp_path / "summary.json").read_text()) and again["early_stop"]["stopped"]
     assert f"run {tmp_path} is finished (stopped early at epoch 4 of 6); nothing to do" in caplog.text
     assert files == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.name != ".convlab.lock"}
+    # Its last.pt copied elsewhere has nothing to continue: branching from it is refused in one line.
+    copy = tmp_path.parent / "copied.pt"
+    copy.write_bytes((tmp_path / "checkpoints" / "last.pt").read_bytes())
+    with pytest.raises(ConvlabError, match=r"run stopped early at epoch 4 .*nothing to continue: score it with convlab eval ckpt="):
+        train(make_cfg(tmp_path.parent / "branch", f"resume={copy}"))
+    assert not (tmp_path.parent / "branch").exists()
 
 
 def test_a_run_cut_during_its_early_stop_test_pass_resumes_straight_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

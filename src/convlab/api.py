@@ -68,6 +68,8 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
             print(f"{resume.finished_text(plan)}; nothing to do", file=sys.stderr)
         return resume.finished_summary(plan)
     if plan and plan.run_dir is not None:  # continue in the run's own folder: nothing to claim, train() locks it
+        if explicit and folder.resolve() != plan.run_dir.resolve():
+            raise ConfigError(f"resume={cfg.resume} continues the run in {plan.run_dir} itself; drop out_dir= (to branch a new run, copy the checkpoint out of the run folder)")
         rundir.check_links(plan.run_dir)  # before train.log is opened there
         cfg.out_dir = str(plan.run_dir)
         with _console(plan.run_dir, quiet):

@@ -38,9 +38,9 @@ def load_task(cfg: DictConfig, device: torch.device, precision: Precision | None
         raise ConfigError("ckpt=PATH is required: a .pt file or a run directory")
     path = find_checkpoint(cfg.ckpt)
     state = load_checkpoint(path)
-    if Path(cfg.ckpt).is_dir() and EarlyStop.of_checkpoint(state).verdict(state["history"]):
+    if Path(cfg.ckpt).is_dir() and EarlyStop.of_checkpoint(state).verdict(state["history"]) and (path.parent / "best.pt").is_file():
         path = path.parent / "best.pt"  # the run stopped early and was tested on its best weights: a run folder means those
-        state = load_checkpoint(path)
+        state = load_checkpoint(path)  # (without best.pt its test fell back to last.pt, and so does this)
     saved = OmegaConf.create(state["config"])
     info = data_info(state)
     parts = {k: OmegaConf.to_container(saved[k]) for k in ("model", "optim", "sched")}

@@ -58,7 +58,10 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
                     f"epochs {state['epoch'] + 1}-{newest}; continue the run with resume={run_dir}, or copy {path.name} out of {run_dir} to branch a new run"
                 )
     check_overrides(state["config"], list(overrides))
-    ended = state["epoch"] >= state["config"]["epochs"] or EarlyStop.of_checkpoint(state).verdict(state["history"]) is not None
+    stopped = EarlyStop.of_checkpoint(state).verdict(state["history"])
+    if stopped and run_dir is None:  # its best weights and its test belong to the run it came from
+        raise ConvlabError(f"resume={resume}: this checkpoint's run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); there is nothing to continue: score it with convlab eval ckpt={resume}")
+    ended = state["epoch"] >= state["config"]["epochs"] or stopped is not None
     finished = run_dir is not None and ended and rundir.read_summary(run_dir).get("status") == "ok"
     return Plan(path, run_dir, state, finished)
 
@@ -102,10 +105,9 @@ def check_overrides(saved: dict[str, Any], overrides: list[str]) -> None:
     given = [o for o in overrides if "=" in o and _key(o) not in (*MAY_CHANGE, "resume", "out_dir") and not _key(o).startswith("hydra")]
     if not given:
         return
-    from hydra import compose, initialize_config_module
+    from convlab.compose import compose
 
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        base, mine = compose("train"), compose("train", overrides=given)
+    base, mine = compose("train", []), compose("train", given)
     base_leaves = _leaves(OmegaConf.to_container(base, resolve=False))
     mine_leaves = _leaves(OmegaConf.to_container(mine, resolve=False))
     touched = {k for k, v in mine_leaves.items() if base_leaves.get(k, "(absent)") != v}  # what the overrides changed

@@ -86,6 +86,17 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
         removed = remove_stale_temp_files(out_dir / CKPT_DIR) + remove_stale_temp_files(out_dir)
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted write in %s", removed, out_dir)
+    try:
+        return _assemble(cfg, state, plan, out_dir, write, rank, local_rank, world_size)
+    except BaseException:  # a failed start leaves no lock behind (a notebook's process lives on)
+        if write and rank == 0:
+            rundir.unlock(out_dir)
+        raise
+
+
+def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan | None, out_dir: Path, write: bool,
+              rank: int, local_rank: int, world_size: int) -> Run:  # fmt: skip
+    """setup()'s building, once the folder is checked and locked: device, data, task, logger, trainer."""
     device = resolve_device(cfg.device, local_rank if world_size > 1 else None)
     if device.type == "cpu":
         keep_freed_memory()
@@ -207,7 +218,7 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
              f"{summary['parameters']:,}", macs, sizes, run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
     logger.describe_run(summary["command"], trainer.meta["config"], task.charts, trainer.epoch)
     test = trainer.fit()
-    checksums = trainer.replica_checksums() if trainer.world_size > 1 else None
+    checksums = trainer.checksums
     final = trainer.history[-1] if trainer.history else {}
     if trainer.stopped:
         summary |= {"status": "stopped", "epochs": trainer.epoch, "best": trainer.best, "final": final, "resume": resume.command(cfg.out_dir)}

@@ -84,6 +84,7 @@ class Trainer:
             raise ConfigError(f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric {self.early_stop.metric}, which this run does not compute; drop it")
         self.early_stopped: dict[str, Any] | None = None  # when and why the run stopped early
         self.tested: dict[str, Any] = {}  # which weights the test pass used
+        self.checksums: list[float] | None = None  # each rank's parameter sum after training (DDP)
         task.attach(loaders)
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -137,11 +138,12 @@ class Trainer:
             if not self.early_stopped and self.stop_after and epoch - first >= self.stop_after and epoch < self.epochs:
                 self.stopped = True
                 return {}
+        self.checksums = self.replica_checksums() if self.world_size > 1 else None  # of the trained weights, before best.pt's
         if not self.is_main:
             return {}
         self.tested = self._restore_best() if self.early_stopped else {"which": "last", "epoch": self.epoch}
         test = self.task.evaluate(self._on_device("test"), final=True)
-        self.logger.log_final(self.epochs, "test", test)
+        self.logger.log_final(self.epoch, "test", test)
         return test
 
     def replica_checksums(self) -> list[float]:
