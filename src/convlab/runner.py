@@ -127,21 +127,25 @@ def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan |
         task.distribute(lambda m: distributed.wrap(m, device, cfg.trainer.sync_bn))
         torch.manual_seed(cfg.seed + rank)  # same initial weights everywhere, but each rank its own dropout
     logger = RunLogger(out_dir, enabled=write and rank == 0, purge_step=state["epoch"] * steps_per_epoch + 1 if state else None)
-    meta = {"config": config, "data_info": dataclasses.asdict(info)}
-    trainer = Trainer(
-        task, loaders, logger, device, cfg.epochs, out_dir, meta,
-        log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format,
-        stop_after=cfg.trainer.stop_after, limit_train_batches=cfg.trainer.limit_train_batches,
-        early_stop=EarlyStop.from_config(config["trainer"].get("early_stop"), f"val/{task.monitor[0]}", task.monitor[1]), rank=rank, world_size=world_size, save=write,
-    )  # fmt: skip
-    if state:
-        try:
-            trainer.restore(state)
-        except ConvlabError as e:
-            raise ConvlabError(f"checkpoint {plan.checkpoint}: {e}") from None
-        log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
-        if plan.run_dir is None:
-            log.info("%s is not inside a run folder: a new run in %s branches from it", plan.checkpoint, out_dir)
+    try:
+        meta = {"config": config, "data_info": dataclasses.asdict(info)}
+        trainer = Trainer(
+            task, loaders, logger, device, cfg.epochs, out_dir, meta,
+            log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format,
+            stop_after=cfg.trainer.stop_after, limit_train_batches=cfg.trainer.limit_train_batches,
+            early_stop=EarlyStop.from_config(config["trainer"].get("early_stop"), f"val/{task.monitor[0]}", task.monitor[1]), rank=rank, world_size=world_size, save=write,
+        )  # fmt: skip
+        if state:
+            try:
+                trainer.restore(state)
+            except ConvlabError as e:
+                raise ConvlabError(f"checkpoint {plan.checkpoint}: {e}") from None
+            log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
+            if plan.run_dir is None:
+                log.info("%s is not inside a run folder: a new run in %s branches from it", plan.checkpoint, out_dir)
+    except BaseException:
+        logger.close()  # its event file's writer thread, in a process that lives on
+        raise
     return Run(cfg, device, data, loaders, task, trainer, logger, state, macs)
 
 
