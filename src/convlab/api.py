@@ -73,13 +73,13 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
         rundir.check_links(plan.run_dir)  # before train.log is opened there
         cfg.out_dir = str(plan.run_dir)
         with _console(plan.run_dir, quiet):
-            return run_training(cfg, command)
+            return run_training(cfg, command, plan)
     claim = rundir.claim(folder, explicit=explicit)
     try:
         cfg.out_dir = str(claim.folder)
         _record(claim.folder, cfg, args)
         with _console(claim.folder, quiet):
-            return run_training(cfg, command)
+            return run_training(cfg, command, plan)
     finally:
         claim.release()
 

@@ -28,4 +28,3 @@ def confusion_figure(cm: torch.Tensor, class_names: Sequence[str]) -> Figure:
     ax.set_ylabel("true")
     fig.tight_layout()
     return fig
-

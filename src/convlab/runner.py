@@ -22,7 +22,6 @@ from convlab.errors import ConfigError, ConvlabError
 from convlab.schema import validate
 from convlab.logging import RunLogger, flatten
 from convlab.perf import Precision, keep_freed_memory, resolve_speed_settings
-from convlab.stopping import EarlyStop
 from convlab.tasks.base import Task, numbers_only
 from convlab.trainer import Trainer
 
@@ -133,7 +132,7 @@ def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan |
             task, loaders, logger, device, cfg.epochs, out_dir, meta,
             log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format,
             stop_after=cfg.trainer.stop_after, limit_train_batches=cfg.trainer.limit_train_batches,
-            early_stop=EarlyStop.from_config(config["trainer"].get("early_stop"), f"val/{task.monitor[0]}", task.monitor[1]), rank=rank, world_size=world_size, save=write,
+            early_stop=config["trainer"].get("early_stop"), rank=rank, world_size=world_size, save=write,
         )  # fmt: skip
         if state:
             try:
@@ -149,15 +148,16 @@ def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan |
     return Run(cfg, device, data, loaders, task, trainer, logger, state, macs)
 
 
-def train(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, command: str | None = None, plan: resume.Plan | None = None) -> dict[str, Any]:
     """Run one training job; returns the summary also written to summary.json.
 
-    `command` is what the user typed, for the run's TensorBoard text and summary. Resuming a
+    `command` is what the user typed, for the run's TensorBoard text and summary; `plan` a resume
+    the caller has already checked (else `cfg.resume` is planned here). Resuming a
     finished run (or one that stopped early) changes nothing and returns its summary. However the
     job ends (Ctrl-C, SIGTERM, an error), summary.json is left saying so, never "running".
     """
     with interrupts.handled():  # SIGTERM (SLURM's time limit, docker stop, kill) ends the run like Ctrl-C
-        plan = resume.plan(cfg.resume) if cfg.get("resume") else None
+        plan = plan or (resume.plan(cfg.resume) if cfg.get("resume") else None)
         if plan and plan.finished:
             log.info("%s; nothing to do", resume.finished_text(plan))
             return resume.finished_summary(plan)
@@ -231,7 +231,7 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
         log.info("stopped after epoch %d of %d (trainer.stop_after); continue with: %s", trainer.epoch, cfg.epochs, summary["resume"])
         return summary
     if trainer.early_stop.patience:
-        summary["early_stop"] = trainer.early_stop.describe() | {"stopped": bool(trainer.early_stopped)} | (trainer.early_stopped or {})
+        summary["early_stop"] = dataclasses.asdict(trainer.early_stop) | {"stopped": bool(trainer.early_stopped)} | (trainer.early_stopped or {})
         if trainer.early_stopped and trainer.is_main:  # the other ranks neither test nor log
             log.info("stopped early after epoch %d of %d: %s; testing the %s weights (epoch %d)", trainer.epoch, cfg.epochs,
                      trainer.early_stopped["reason"], trainer.tested["which"], trainer.tested["epoch"])  # fmt: skip

@@ -107,12 +107,6 @@ def mapping(*keys: str) -> Check:
     return lambda v: None if isinstance(v, dict) and set(v) <= set(keys) else f"expected a mapping with the keys {', '.join(keys)}"
 
 
-def augment(v: Any) -> str | None:
-    """null, or a mapping of augmentation settings with known keys (their values have rules of their own)."""
-    ok = v is None or (isinstance(v, dict) and set(v) <= set(AUGMENTS))
-    return None if ok else f"expected a mapping with the keys {', '.join(AUGMENTS)}"
-
-
 flag = choice(True, False)
 seed = integer(0, MAX_SEED)
 positive = number(0, open_low=True)
@@ -161,7 +155,7 @@ TRAIN: dict[str, Check] = {
     "data.val_fraction": number(0, 1, open_low=True, open_high=True),
     "data.split_seed": seed,
     "data.split": choice("test", "val"),
-    "data.augment": augment,
+    "data.augment": optional(mapping(*AUGMENTS)),
     "data.augment.crop_padding": integer(0),
     "data.augment.flip": flag,
     "data.mean": list_of(number(), f"a list of {CHANNELS} finite numbers (one per channel)", CHANNELS),

@@ -61,7 +61,3 @@ class EarlyStop:
 
     def _gain(self, value: float, best: float) -> float:
         return value - best if self.mode == "max" else best - value
-
-    def describe(self) -> dict[str, Any]:
-        """The settings, for summary.json."""
-        return {"metric": self.metric, "mode": self.mode, "patience": self.patience, "min_delta": self.min_delta}

@@ -63,7 +63,7 @@ class Trainer:
         memory_format: torch.memory_format = torch.contiguous_format,
         stop_after: int | None = None,
         limit_train_batches: int | None = None,
-        early_stop: EarlyStop | None = None,
+        early_stop: dict[str, Any] | None = None,
         rank: int = 0,
         world_size: int = 1,
         save: bool = True,
@@ -79,7 +79,7 @@ class Trainer:
         self.stopped = False  # the session ended at stop_after
         metric, mode = task.monitor
         self.best: dict[str, Any] = {"metric": f"val/{metric}", "mode": mode, "value": None, "epoch": None}
-        self.early_stop = early_stop or EarlyStop(self.best["metric"], mode)
+        self.early_stop = EarlyStop.from_config(early_stop, self.best["metric"], mode)  # trainer.early_stop: the settings
         if self.early_stop.patience and not task.monitor_available:
             raise ConfigError(f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric {self.early_stop.metric}, which this run does not compute; drop it")
         self.early_stopped: dict[str, Any] | None = None  # when and why the run stopped early
