@@ -127,7 +127,7 @@ def test_short_gan_run_on_real_faces(loss: str, tmp_path: Path, faces_256: Path)
 
 
 def test_gan_resume_is_exact(tmp_path: Path, faces_256: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = train(gan_cfg(tmp_path / "full", faces_256, "epochs=3"))
+    full = train(gan_cfg(tmp_path / "full", faces_256, "epochs=3", "trainer.precision=fp32"))  # exact equality: fp32 stated
     calls = {"n": 0}
     real_step = GANTask.train_step
 
@@ -139,7 +139,7 @@ def test_gan_resume_is_exact(tmp_path: Path, faces_256: Path, monkeypatch: pytes
 
     monkeypatch.setattr(GANTask, "train_step", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        train(gan_cfg(tmp_path / "cut", faces_256, "epochs=3"))
+        train(gan_cfg(tmp_path / "cut", faces_256, "epochs=3", "trainer.precision=fp32"))
     monkeypatch.setattr(GANTask, "train_step", real_step)
     state = load_checkpoint(tmp_path / "cut")
     assert state["epoch"] == 2 and state["task"]["extra"]["fixed_z"].shape == (64, 100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from convlab.bench import bench, format_table
 from convlab.checkpoint import load_checkpoint
 from convlab.data.base import choose_loader
 from convlab.data.loader import ArrayDataLoader, TensorLoader
-from convlab.perf import resolve_precision
-from convlab.runner import setup, train
+from convlab.config import to_dict
+from convlab.perf import CPU_BF16_ENV, resolve_precision
+from convlab.runner import _fp16_refusal, setup, train
 from tests.conftest import SMALL, make_cfg
 
 
@@ -82,7 +84,7 @@ def test_dataloader_mode_trains_like_the_tensor_mode(tmp_path: Path) -> None:
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_and_keeps_its_scaler(precision: str, tmp_path: Path) -> None:
     summary = train(make_cfg(tmp_path, *SMALL, "epochs=1", f"trainer.precision={precision}", "model.channels=[8,16,16]"))
-    assert summary["precision"] == precision and summary["final"]["train/loss"] == summary["final"]["train/loss"]
+    assert summary["precision"] == precision and math.isfinite(summary["final"]["train/loss"])
     scaler = load_checkpoint(tmp_path)["precision"]
     assert ("scale" in scaler) == (precision == "fp16")
 
@@ -146,6 +148,7 @@ def test_compiled_run_reports_compile_time_apart(tmp_path: Path) -> None:
 
 
 def _caps(monkeypatch: pytest.MonkeyPatch, **features: object) -> None:
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)  # torch's detection decides, not a forced run's switch
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "x86_64", "cpu_name": "TestCPU", **features})
 
 
@@ -159,9 +162,50 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.Mo
     kind, why = resolve_precision("auto", cpu)
     assert kind == "fp32" and "TestCPU has no native bf16 (avx512_bf16 or amx_bf16)" in why
     assert resolve_precision("fp32", cpu) == ("fp32", "set by trainer.precision")  # fp32 still forces fp32
-    assert resolve_precision("auto", torch.device("cuda"))[0] == "bf16"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "aarch64", "bf16": True})
     assert resolve_precision("auto", cpu)[0] == "bf16"
+
+
+def test_the_switch_makes_auto_decide_as_on_the_other_kind_of_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    _caps(monkeypatch, avx2=True, avx512_bf16=False)
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16", "auto: CONVLAB_CPU_BF16=1 treats TestCPU as having native bf16")
+    _caps(monkeypatch, avx512_bf16=True)
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert resolve_precision("auto", torch.device("cpu"))[0] == "fp32"
+
+
+def _gpu(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]) -> torch.device:
+    """A CUDA device whose name and compute capability are faked (no GPU on the test machines)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    return torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "capability", "kind"),
+    [("Tesla T4", (7, 5), "fp16"), ("Tesla V100-SXM2-16GB", (7, 0), "fp16"), ("NVIDIA GeForce RTX 2080", (7, 5), "fp16"),
+     ("NVIDIA A100-SXM4-40GB", (8, 0), "bf16"), ("NVIDIA GeForce RTX 4090", (8, 9), "bf16"), ("NVIDIA H200", (9, 0), "bf16")],
+)  # fmt: skip
+def test_auto_precision_on_cuda_is_bf16_only_from_compute_capability_8(
+    monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int], kind: str
+) -> None:
+    chosen, why = resolve_precision("auto", _gpu(monkeypatch, name, capability))
+    assert chosen == kind and why.startswith(f"auto: {name} (compute capability {capability[0]}.{capability[1]}) has ")
+    assert ("no native bf16" in why) == (kind == "fp16")
+    assert resolve_precision("fp32", torch.device("cuda", 0)) == ("fp32", "set by trainer.precision")
+
+
+def test_auto_falls_back_to_fp32_on_an_older_gpu_when_the_task_cannot_scale_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = _gpu(monkeypatch, "Tesla T4", (7, 5))
+    wgan = make_cfg(tmp_path, "model=dcgan", "data=synthetic", "task=gan", "gan.loss=wgan-gp", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]")
+    refusal = _fp16_refusal(to_dict(wgan)["task"])
+    assert refusal == "gan.loss=wgan-gp cannot use fp16 loss scaling (its gradient penalty)"
+    kind, why = resolve_precision("auto", gpu, refusal)
+    assert kind == "fp32" and why.endswith(f"fp16 with loss scaling is its fast mixed precision, but {refusal}")
+    bce = make_cfg(tmp_path, "model=dcgan", "data=synthetic", "task=gan", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]")
+    assert _fp16_refusal(to_dict(bce)["task"]) == "" and _fp16_refusal(to_dict(make_cfg(tmp_path))["task"]) == ""
+    assert resolve_precision("auto", torch.device("cuda", 0), "")[0] == "fp16"
 
 
 def test_auto_precision_reaches_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def test_every_experiment_composes_and_its_first_job_steps(name: str, tmp_path: 
         pytest.skip(f"real CIFAR-10 subset not found at {CIFAR_SUBSET}")
     run = setup(cfg, write=False)
     metrics, _ = run.trainer.train_epoch(1, max_steps=1)
-    assert all(v == v for v in metrics.values())  # one finite step
+    assert metrics and all(math.isfinite(v) for v in metrics.values())  # one finite step
 
 
 @pytest.mark.slow  # 30-50 s: left out of the default run to keep CI under 10 minutes
@@ -97,7 +98,7 @@ def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
     (a0, a1), (b0, b1) = ((datetime.fromisoformat(s["started"]), datetime.fromisoformat(s["ended"])) for s in spans)
     assert a0 < b1 and b0 < a1  # the two jobs overlapped in time
     logs = [p.read_text() for p in tmp_path.glob("*/train.log")]
-    assert all("(1 thread), precision fp32" in text for text in logs)  # joblib split the 2 cores between the 2 workers
+    assert all("(1 thread), precision " in text for text in logs)  # joblib split the 2 cores between the 2 workers
 
 
 @pytest.mark.slow  # 50 s: left out of the default run to keep CI under 10 minutes

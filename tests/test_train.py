@@ -56,10 +56,12 @@ def test_same_seed_same_numbers(tmp_path: Path, precision: str) -> None:
     "model",
     [
         ["model=alexnet_lite", "model.hidden=64", "trainer.precision=fp32"],
-        # bf16 without native support (CI's CPU) is emulated, ~10x slower: a narrow plain CNN
+        # bf16 without native support (an AVX2-only CPU) is emulated, ~10x slower: a narrow plain CNN
         ["model=plain_cnn", "model.channels=[8,16,16]", "trainer.precision=bf16"],
+        # fp16 with loss scaling (what `auto` picks on GPUs before compute capability 8.0): the scaler's state resumes too
+        ["model=plain_cnn", "model.channels=[8,16,16]", "trainer.precision=fp16"],
     ],
-    ids=["fp32", "bf16"],
+    ids=["fp32", "bf16", "fp16"],
 )
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: list[str]) -> None:
     # alexnet_lite has dropout, so this also checks that the global RNG state is restored;
@@ -91,6 +93,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     a = load_checkpoint(tmp_path / "full")["task"]["models"]["model"]
     b = load_checkpoint(tmp_path / "cut")["task"]["models"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    scaler = load_checkpoint(tmp_path / "cut")["precision"]
+    assert scaler == load_checkpoint(tmp_path / "full")["precision"] and ("scale" in scaler) == ("fp16" in model[-1])
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 4
     # TensorBoard: the step points the cut session wrote after its checkpoint (step 10) were dropped and rewritten.
     cut, whole = (_scalars(tmp_path / name) for name in ("cut", "full"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 import sys
 from typing import Any
@@ -76,6 +77,9 @@ class Precision:
 
 
 NATIVE_BF16 = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16", "sve_bf16"), "arm64": ("bf16", "sve_bf16")}
+# Tests (and anyone comparing machines) can make `auto` decide as on the other kind of CPU:
+# CONVLAB_CPU_BF16=1 treats this CPU as having native bf16, 0 as not having it.
+CPU_BF16_ENV = "CONVLAB_CPU_BF16"
 
 
 def cpu_bf16() -> tuple[bool, str]:
@@ -84,34 +88,53 @@ def cpu_bf16() -> tuple[bool, str]:
     features = NATIVE_BF16.get(caps.get("architecture", ""), ())
     found = [f for f in features if caps.get(f)]
     name = caps.get("cpu_name") or caps.get("architecture", "this CPU")
+    forced = os.environ.get(CPU_BF16_ENV, "")
+    if forced in ("0", "1"):
+        return forced == "1", f"{CPU_BF16_ENV}={forced} treats {name} as {'having' if forced == '1' else 'lacking'} native bf16"
     if found:
         return True, f"{name} has native bf16 ({', '.join(found)})"
     wanted = " or ".join(features) or "a bf16 instruction set"
     return False, f"{name} has no native bf16 ({wanted}); emulated bf16 is slower than fp32"
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+def cuda_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether this GPU computes bf16 natively (compute capability 8.0 and later: Ampere, Ada, Hopper...), and why."""
+    major, minor = torch.cuda.get_device_capability(device)
+    name = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    if major >= 8:
+        return True, f"{name} has native bf16"
+    return False, f"{name} has no native bf16 (it needs 8.0 or later); fp16 with loss scaling is its fast mixed precision"
+
+
+def resolve_precision(requested: str, device: torch.device, no_fp16: str = "") -> tuple[str, str]:
     """`trainer.precision` with `auto` resolved for the device, and the reason for the choice.
 
-    auto: bf16 on CUDA (tensor cores) and on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16);
-    fp32 elsewhere, where emulated bf16 is far slower (~10x on an AVX2-only CPU: docs/BENCHMARKS.md).
+    auto: bf16 on GPUs (compute capability >= 8.0) and CPUs (AVX512-BF16, AMX, Arm BF16) with native
+    bf16; fp16 with loss scaling on older GPUs (T4, V100, RTX 20xx), or fp32 there when the task
+    cannot scale its losses (`no_fp16` says why); fp32 on other CPUs, where emulated bf16 is far slower
+    (~10x on an AVX2-only CPU: docs/BENCHMARKS.md).
     """
     if requested != "auto":
         return requested, "set by trainer.precision"
     if device.type == "cuda":
-        return "bf16", "auto: CUDA"
+        native, why = cuda_bf16(device)
+        if native:
+            return "bf16", f"auto: {why}"
+        if no_fp16:
+            return "fp32", f"auto: {why}, but {no_fp16}"
+        return "fp16", f"auto: {why}"
     if device.type == "cpu":
         native, why = cpu_bf16()
         return ("bf16" if native else "fp32"), f"auto: {why}"
     return "fp32", f"auto: {device.type}"
 
 
-def resolve_speed_settings(trainer_cfg: Any, device: torch.device) -> tuple[str, str, bool]:
+def resolve_speed_settings(trainer_cfg: Any, device: torch.device, no_fp16: str = "") -> tuple[str, str, bool]:
     """`trainer.precision` (with its reason) and `trainer.channels_last`, `auto` resolved for the device.
 
     channels_last auto: true on CUDA (cuDNN's NHWC kernels); on the CPU NCHW measured as fast or
     faster for the classifiers (docs/BENCHMARKS.md).
     """
-    precision, why = resolve_precision(trainer_cfg.get("precision", "auto"), device)
+    precision, why = resolve_precision(trainer_cfg.get("precision", "auto"), device, no_fp16)
     channels_last = trainer_cfg.get("channels_last", "auto")
     return precision, why, device.type == "cuda" if channels_last == "auto" else channels_last

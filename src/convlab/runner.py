@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import hydra.utils
 import torch
 from omegaconf import DictConfig
 
@@ -93,6 +94,15 @@ def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) 
         raise
 
 
+def _fp16_refusal(task: dict[str, Any]) -> str:
+    """What the task class says against fp16 loss scaling with its settings (what `auto` may pick on older GPUs)."""
+    try:
+        cls = hydra.utils.get_class(task["_target_"])
+    except (ImportError, ValueError):
+        return ""  # build() names the bad target in one line just below
+    return cls.fp16_refusal(task) if issubclass(cls, Task) else ""
+
+
 def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan | None, out_dir: Path, write: bool,
               rank: int, local_rank: int, world_size: int) -> Run:  # fmt: skip
     """setup()'s building, once the folder is checked and locked: device, data, task, logger, trainer."""
@@ -103,9 +113,9 @@ def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan |
         raise ConfigError(f"trainer.sync_bn=true needs CUDA devices (SyncBatchNorm has no {device.type} kernels); drop it")
     if world_size > 1 and cfg.batch_size % world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over {world_size} processes")
-    precision, why, channels_last = resolve_speed_settings(cfg.trainer, device)
-    seed_everything(cfg.seed, cfg.deterministic)
     config = to_dict(cfg)
+    precision, why, channels_last = resolve_speed_settings(cfg.trainer, device, _fp16_refusal(config["task"]))
+    seed_everything(cfg.seed, cfg.deterministic)
 
     data = build(cfg.data, "data")
     info = data.info

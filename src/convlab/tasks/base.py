@@ -45,6 +45,11 @@ class Task(ABC):
         self.schedulers: dict[str, LRScheduler] = {}
         self.wrapped: dict[str, nn.Module] = {}  # set by distribute(): what train_step calls under DDP
 
+    @classmethod
+    def fp16_refusal(cls, settings: dict[str, Any]) -> str:
+        """Why this task cannot train under fp16 loss scaling with `settings` (its config), or "" when it can."""
+        return ""
+
     @property
     def monitor_available(self) -> bool:
         """Whether validation reports the `monitor` metric (early stopping needs it)."""

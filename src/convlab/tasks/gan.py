@@ -46,6 +46,11 @@ class GANTask(Task):
     monitor = ("fid", "min")
     charts = {"D and G losses": ["loss/D", "loss/G"], "D outputs (real D_x, fake D_G_z)": ["D_x", "D_G_z"], "FID": ["val/fid"]}
 
+    @classmethod
+    def fp16_refusal(cls, settings: dict[str, Any]) -> str:
+        """WGAN-GP's gradient penalty is not loss-scaled, so it cannot train under fp16."""
+        return "gan.loss=wgan-gp cannot use fp16 loss scaling (its gradient penalty)" if settings.get("loss") == "wgan-gp" else ""
+
     def __init__(
         self,
         model: dict,
