@@ -77,7 +77,7 @@ def main() -> None:
         for i in range(args.pairs):
             cmds = {
                 "convlab": [py, "-m", "convlab", "train", f"model={args.model}", f"data.root={args.data}", f"epochs={args.epochs}", *limit_c, f"hydra.run.dir={tmp}/c{i}"],
-                "plain": [py, "-m", "convlab.baseline", "--data", args.data, "--epochs", str(args.epochs), *limit_p, "--out", f"{tmp}/p{i}.pt"],
+                "plain": [py, "-m", "convlab.app.baseline", "--data", args.data, "--epochs", str(args.epochs), *limit_p, "--out", f"{tmp}/p{i}.pt"],
             }  # fmt: skip
             for name in (("convlab", "plain") if i % 2 == 0 else ("plain", "convlab")):
                 runs[name].append(measure(cmds[name]))

@@ -4,7 +4,7 @@ The script itself is src/convlab/baseline.py (shipped with the package, so `conv
 start it as its own process); it imports nothing of convlab but the model class. Read it there.
 """
 
-from convlab.baseline import main
+from convlab.app.baseline import main
 
 if __name__ == "__main__":
     main()

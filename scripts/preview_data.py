@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torchvision.utils import save_image
 
-from convlab.config import build
+from convlab.core.build import build
 
 
 def main(args: list[str]) -> None:

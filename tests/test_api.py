@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import convlab
-from convlab.errors import ConvlabError
-from convlab.logging import RunLogger
+from convlab.core.errors import ConvlabError
+from convlab.run.runlog import RunLogger
 from tests.conftest import REPO
 
 TINY = ("model=plain_cnn", "model.channels=[8,8,8]", "data=synthetic", "data.num_train=200", "data.num_test=64", "batch_size=64", "epochs=1")
@@ -66,8 +66,8 @@ def test_readme_example_runs_and_a_second_call_in_the_same_process_works(tmp_pat
 
 
 def test_a_failed_resume_leaves_the_run_unlocked_and_out_dir_cannot_move_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from convlab import rundir
-    from convlab.trainer import Trainer
+    from convlab.run import rundir
+    from convlab.run.trainer import Trainer
 
     run = tmp_path / "run"
     convlab.train(*TINY, "epochs=2", "trainer.stop_after=1", out_dir=run, quiet=True)  # stopped after epoch 1: resumable

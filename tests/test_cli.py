@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from convlab.errors import ConvlabError
-from convlab.runner import train
+from convlab.core.errors import ConvlabError
+from convlab.run.runner import train
 from tests.conftest import REPO, SMALL, make_cfg, run_cli
 
 
@@ -81,7 +81,7 @@ MISSING_PLUGINS = [
 @pytest.mark.parametrize("override,module,plugin,extra", MISSING_PLUGINS, ids=[m[0] for m in MISSING_PLUGINS])
 def test_missing_plugin_names_its_extra(override: str, module: str, plugin: str, extra: str) -> None:
     hide = f"import sys; sys.modules['hydra_plugins.{module}'] = None; sys.modules['hydra_plugins.{module}.config'] = None"
-    code = f"{hide}; from convlab.cli import main; main(['train', '-m', '{override}', 'data=synthetic'])"
+    code = f"{hide}; from convlab.app.cli import main; main(['train', '-m', '{override}', 'data=synthetic'])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     line = one_error_line(proc)
     assert proc.returncode == 2 and line == f"error: {override} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".{extra}\""
@@ -114,7 +114,7 @@ def test_bad_values_name_themselves(overrides: list[str], names: str, allowed: s
 def test_eval_needs_an_existing_checkpoint(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_module
 
-    from convlab.evaluate import evaluate_checkpoint
+    from convlab.app.evaluate import evaluate_checkpoint
 
     for ckpt, message in ((None, "ckpt=PATH is required"), (tmp_path / "last.pt", "not found")):
         with initialize_config_module("convlab.conf", version_base="1.3"):

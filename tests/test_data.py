@@ -11,12 +11,12 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from convlab.config import build
+from convlab.core.build import build
 from convlab.data import cifar10
 from convlab.data.cifar10 import CIFAR10
 from convlab.data.loader import TensorLoader, apply_crops, draw_crops
 from convlab.data.synthetic import Synthetic, generate
-from convlab.errors import ConvlabError
+from convlab.core.errors import ConvlabError
 from tests.conftest import make_cfg
 
 

@@ -122,7 +122,7 @@ def test_sample_needs_a_generator(demo_run: Path) -> None:
 def test_inspect_a_trained_run(demo_run: Path, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_module
 
-    from convlab.inspection import format_table, inspect_model
+    from convlab.app.inspect import format_table, inspect_model
 
     with initialize_config_module("convlab.conf", version_base="1.3"):
         cfg = compose("inspect", overrides=[f"ckpt={demo_run}", f"out={tmp_path}"])

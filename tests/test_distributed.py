@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from convlab.checkpoint import load_checkpoint
-from convlab.runner import train
-from convlab.trust import TRUST_ENV
+from convlab.run.checkpoint import load_checkpoint
+from convlab.run.runner import train
+from convlab.run.trust import TRUST_ENV
 from tests.conftest import REPO, make_cfg, run_cli
 
 # No augmentation: then the two processes' half batches together are exactly the one-process

@@ -12,8 +12,8 @@ from PIL import Image
 
 from convlab.data import anime_faces
 from convlab.data.anime_faces import AnimeFaces
-from convlab.errors import ConvlabError
-from convlab.runner import train
+from convlab.core.errors import ConvlabError
+from convlab.run.runner import train
 from tests.conftest import make_cfg
 
 

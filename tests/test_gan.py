@@ -13,13 +13,13 @@ from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from convlab.checkpoint import load_checkpoint
-from convlab.config import build
-from convlab.errors import ConfigError
-from convlab.evaluate import sample_checkpoint
+from convlab.run.checkpoint import load_checkpoint
+from convlab.core.build import build
+from convlab.core.errors import ConfigError
+from convlab.app.evaluate import sample_checkpoint
 from convlab.models.dcgan import DCGAN, Discriminator
 from convlab.tasks.gan import GANTask, d_loss, g_loss, gradient_penalty
-from convlab.runner import train
+from convlab.run.runner import train
 from tests.conftest import make_cfg
 
 
@@ -155,7 +155,7 @@ def test_gan_resume_is_exact(tmp_path: Path, faces_256: Path, monkeypatch: pytes
 
 
 def test_fid_off_is_said_once(tmp_path: Path, faces_256: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("convlab.fid.available", lambda: False)
+    monkeypatch.setattr("convlab.tasks.fid.available", lambda: False)
     with caplog.at_level("WARNING"):
         summary = train(gan_cfg(tmp_path / "run", faces_256, "epochs=1", "gan.fid_every=1"))
     assert caplog.text.count("FID is off") == 1 and "convlab[fid]" in caplog.text

@@ -18,13 +18,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
-from convlab import sweep
+from convlab.app import sweep
 from convlab.data.anime_faces import AnimeFaces, list_images
 from convlab.data.cifar10 import CIFAR10, FOLDER, TEST_FILE, TRAIN_FILES
-from convlab.errors import ConfigError, ConvlabError
-from convlab.evaluate import sample_checkpoint
-from convlab.report import report
-from convlab.runs import find_runs
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.app.evaluate import sample_checkpoint
+from convlab.app.report import report
+from convlab.app.runs import find_runs
 from tests.conftest import run_cli
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from convlab.errors import ConvlabError
-from convlab.inspection import effective_field, field_extent, inspect_model, layer_table
+from convlab.core.errors import ConvlabError
+from convlab.app.inspect import inspect_model
+from convlab.models.analysis import effective_field, field_extent, layer_table
 from convlab.models.hdc import HDCNet
 from convlab.models.plain_cnn import PlainCNN
 from tests.conftest import SMALL

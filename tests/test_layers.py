@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 from convlab.models.layers import CONV_KINDS, ConvBNAct, ManualConv2d, Shift, conv2d_im2col, conv_class, create_conv2d
 
 GRID = list(itertools.product([1, 2], [0, 1, 2], [1, 2, 3], [1, 2, 4], [True, False]))

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convlab.config import build
-from convlab.errors import ConfigError
+from convlab.core.build import build
+from convlab.core.errors import ConfigError
 from convlab.models.alexnet import AlexNetLite
 from convlab.models.hdc import HDCNet, hdc_problems
 from convlab.models.layers import CONV_KINDS, GroupedConv, SeparableConv, ShiftConv

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from convlab import rundir
-from convlab.checkpoint import load_checkpoint
-from convlab.errors import ConvlabError
-from convlab.runner import train
-from convlab.trainer import Trainer
+from convlab.run import rundir
+from convlab.run.checkpoint import load_checkpoint
+from convlab.core.errors import ConvlabError
+from convlab.run.runner import train
+from convlab.run.trainer import Trainer
 from tests.conftest import REPO, SMALL, make_cfg, run_cli
 
 TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=2", "model.channels=[8,16,16]"]
@@ -83,7 +83,7 @@ def test_a_failed_start_leaves_no_stub_and_keeps_what_was_there(tmp_path: Path) 
 
 def test_one_process_per_run_folder(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from convlab import rundir; rundir.lock(Path({str(tmp_path)!r})); print('locked', flush=True); input()"],
+        [sys.executable, "-c", f"from pathlib import Path; from convlab.run import rundir; rundir.lock(Path({str(tmp_path)!r})); print('locked', flush=True); input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:
@@ -151,7 +151,7 @@ def test_the_users_own_command_with_resume_added(finished: Path) -> None:
 
 
 def test_resume_continues_in_the_runs_own_folder(finished: Path, tmp_path: Path) -> None:
-    from convlab.cli import _claim_folders
+    from convlab.app.cli import _claim_folders
 
     run = tmp_path / "run"
     shutil.copytree(finished, run)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convlab.bench import bench, format_table
-from convlab.checkpoint import load_checkpoint
+from convlab.app.bench import bench, format_table
+from convlab.run.checkpoint import load_checkpoint
 from convlab.data.base import choose_loader
 from convlab.data.loader import ArrayDataLoader, TensorLoader
-from convlab.config import to_dict
-from convlab.perf import CPU_BF16_ENV, resolve_precision
-from convlab.runner import _fp16_refusal, setup, train
+from convlab.core.build import to_dict
+from convlab.core.perf import CPU_BF16_ENV, resolve_precision
+from convlab.run.runner import _fp16_refusal, setup, train
 from tests.conftest import SMALL, make_cfg
 
 

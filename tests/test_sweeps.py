@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convlab.runner import setup
+from convlab.run.runner import setup
 from tests.conftest import CIFAR_SUBSET, REPO, SMALL, run_cli
 
 TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=2", "model.channels=[8,16,16]"]

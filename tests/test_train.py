@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from convlab.checkpoint import load_checkpoint
-from convlab.config import build
-from convlab.errors import ConvlabError
+from convlab.run.checkpoint import load_checkpoint
+from convlab.core.build import build
+from convlab.core.errors import ConvlabError
 from convlab.tasks.classification import ClassificationTask
-from convlab.runner import train
+from convlab.run.runner import train
 from tests.conftest import REPO, SMALL, make_cfg
 
 
@@ -246,7 +246,7 @@ def test_a_run_cut_during_its_early_stop_test_pass_resumes_straight_to_it(tmp_pa
     ],
 )
 def test_early_stop_verdict(values: list, patience: int | None, min_delta: float, mode: str, stop: int | None) -> None:
-    from convlab.stopping import EarlyStop
+    from convlab.run.stopping import EarlyStop
 
     history = [{"epoch": i + 1} | ({} if v is None else {"val/acc": v}) for i, v in enumerate(values)]
     verdict = EarlyStop("val/acc", mode, patience, min_delta).verdict(history)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from convlab import resume, trust
-from convlab.checkpoint import load_checkpoint
-from convlab.errors import ConvlabError
-from convlab.evaluate import evaluate_checkpoint, sample_checkpoint
-from convlab.runner import train
+from convlab.run import resume, trust
+from convlab.run.checkpoint import load_checkpoint
+from convlab.core.errors import ConvlabError
+from convlab.app.evaluate import evaluate_checkpoint, sample_checkpoint
+from convlab.run.runner import train
 from tests.conftest import SMALL, make_cfg, run_cli
 
 TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=1", "model.channels=[8,16,16]"]
@@ -77,11 +77,11 @@ TARGETS = {
     "nested in a model argument": lambda m: ("config.model.channels", [8, _payload(m), 16]),
     "inside _args_": lambda m: ("config.model._args_", [_payload(m)]),
     "deep in a dict": lambda m: ("config.data.augment", {"x": {"y": _payload(m)}}),
-    "a convlab function that writes": lambda m: ("config.model._target_", "convlab.checkpoint.write_atomic"),
+    "a convlab function that writes": lambda m: ("config.model._target_", "convlab.core.io.write_atomic"),
     "a torch function, not an optimizer": lambda m: ("config.optim._target_", "torch.save"),
     "torch.optim's base class": lambda m: ("config.optim._target_", "torch.optim.Optimizer"),
     "a private torch name": lambda m: ("config.optim._target_", "torch.optim._functional"),
-    "the sweep callback": lambda m: ("config.model._target_", "convlab.sweep.SweepSummary"),
+    "the sweep callback": lambda m: ("config.model._target_", "convlab.app.sweep.SweepSummary"),
     "a dataset class as the model": lambda m: ("config.model", {"_target_": "convlab.data.cifar10.CIFAR10", "root": str(m), "download": True}),
     "a model class as the optimizer": lambda m: ("config.optim._target_", "convlab.models.resnet.ResNet18"),
     "no model target": lambda m: ("config.model._target_", None),
@@ -113,7 +113,7 @@ def test_hostile_targets_are_refused_before_anything_is_built(case: str, reader:
 
 def test_each_group_allows_its_own_targets_only() -> None:
     targets = trust.conf_targets()
-    assert "convlab.models.resnet.ResNet18" in targets["model"] and "convlab.schedules.cosine" in targets["sched"]
+    assert "convlab.models.resnet.ResNet18" in targets["model"] and "convlab.tasks.schedules.cosine" in targets["sched"]
     assert "convlab.tasks.gan.GANTask" in targets["task"] and "convlab.data.synthetic.Synthetic" in targets["data"]
     assert trust.allowed("optim", "torch.optim.RMSprop") and trust.allowed("sched", "torch.optim.lr_scheduler.StepLR")
     assert not trust.allowed("model", "torch.optim.RMSprop") and not trust.allowed("data", "convlab.models.resnet.ResNet18")

@@ -1,4 +1,4 @@
-"""convlab.schema.validate: a bad value is one line naming its key; everything the project ships passes."""
+"""convlab.run.schema.validate: a bad value is one line naming its key; everything the project ships passes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from convlab import schema
+from convlab.run import schema
 from convlab.data.synthetic import Synthetic
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 from tests.conftest import REPO, make_cfg
 
 CONF = REPO / "conf"
@@ -264,7 +264,7 @@ def test_every_experiment_and_every_point_of_its_sweep_validates(name: str) -> N
 
 def test_validate_builds_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("convlab.config.instantiate", lambda *a, **k: pytest.fail("validate built a _target_"))
+    monkeypatch.setattr("convlab.core.build.instantiate", lambda *a, **k: pytest.fail("validate built a _target_"))
     cfg = make_cfg(tmp_path / "run", "data=synthetic")
     before = OmegaConf.to_yaml(cfg)
     schema.validate(cfg)

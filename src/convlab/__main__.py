@@ -1,5 +1,5 @@
 """`python -m convlab ...` is the same as the `convlab` console script."""
 
-from convlab.cli import main
+from convlab.app.cli import main
 
 main()

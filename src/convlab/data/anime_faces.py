@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from convlab.checkpoint import write_atomic
+from convlab.core.io import write_atomic
 from convlab.data.base import ImageDataset
-from convlab.errors import ConvlabError
+from convlab.core.errors import ConvlabError
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

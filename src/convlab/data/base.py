@@ -12,12 +12,30 @@ from typing import Any
 import torch
 
 from convlab.data.loader import ArrayDataLoader, TensorLoader
-from convlab.schema import check_batch_fits, val_size
+from convlab.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
+
+
+def val_size(num_images: int, val_fraction: float) -> int:
+    """How many of `num_images` training images `val_fraction` holds out for validation (at least one)."""
+    return max(1, round(num_images * val_fraction))
+
+
+def check_batch_fits(batch_size: int, num_train: int, val_fraction: float) -> None:
+    """Refuse a batch larger than the training split.
+
+    The loaders would train on one short batch per epoch instead of `batch_size` images per
+    step: a different run than the one asked for, so it is refused rather than run quietly.
+    """
+    if batch_size > num_train:
+        raise ConfigError(
+            f"batch_size={batch_size} is larger than the {num_train} training images "
+            f"(after data.val_fraction={val_fraction}); use a smaller batch_size"
+        )
 
 def choose_loader(mode: str, nbytes: int, free: int | None) -> str:
     """`data.loader=auto`: the device when the images take less than half its free memory.
@@ -61,7 +79,7 @@ class ImageDataset(ABC):
         loader: str = "auto",
         workers: int | None = None,
     ) -> None:
-        augment = dict(augment or {})  # values checked by convlab.schema.validate
+        augment = dict(augment or {})  # values checked by convlab.run.schema.validate
         self.val_fraction, self.split_seed, self.split = val_fraction, split_seed, split
         self.crop_padding = int(augment.get("crop_padding", 0))
         self.flip = bool(augment.get("flip", False))
@@ -108,7 +126,7 @@ class ImageDataset(ABC):
         batch larger than the training split is refused; evaluation and previews may ask for one.
         """
         splits = self.splits()
-        if training:  # a file dataset's size is known only now; convlab.schema checks generated ones up front
+        if training:  # a file dataset's size is known only now; convlab.run.schema checks generated ones up front
             check_batch_fits(batch_size, len(splits["train"][1]), self.val_fraction)
         nbytes = sum(x.numel() for x, _ in {id(v): v for v in splits.values()}.values())  # val may be test
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None

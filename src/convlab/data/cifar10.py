@@ -18,7 +18,7 @@ except ImportError:  # numpy 1
     from numpy.core import multiarray, numeric  # type: ignore[no-redef]
 
 from convlab.data.base import ImageDataset
-from convlab.errors import ConvlabError
+from convlab.core.errors import ConvlabError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 from convlab.models.layers import ConvBNAct
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 
 
 def _blocks(image_size: int) -> int:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 
 
 def conv2d_im2col(
@@ -69,7 +69,7 @@ CONV_IMPLS: dict[str, type[nn.Conv2d]] = {"torch": nn.Conv2d, "manual": ManualCo
 
 
 def conv_class(conv_impl: str) -> type[nn.Conv2d]:
-    """The convolution class for `model.conv_impl` (one of CONV_IMPLS, checked by convlab.schema)."""
+    """The convolution class for `model.conv_impl` (one of CONV_IMPLS, checked by convlab.run.schema)."""
     return CONV_IMPLS[conv_impl]
 
 

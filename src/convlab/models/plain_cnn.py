@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 from convlab.models.layers import ConvBNAct
 
 
@@ -31,7 +31,7 @@ class PlainCNN(nn.Module):
         groups: int = 4,
     ) -> None:
         super().__init__()
-        # Positive ints, one rate per layer: checked by convlab.schema. No rates: plain 3×3 convs, however many layers.
+        # Positive ints, one rate per layer: checked by convlab.run.schema. No rates: plain 3×3 convs, however many layers.
         channels = tuple(channels)
         dilations = (1,) * len(channels) if dilations is None else tuple(dilations)
         # Each unpadded layer shrinks the map by dilation*(k-1); refuse configs that shrink it to nothing.

@@ -11,8 +11,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from convlab.errors import ConvlabError
-from convlab.perf import Precision
+from convlab.core.errors import ConvlabError
+from convlab.core.perf import Precision
 
 
 ARTEFACTS = ("figures", "images")  # evaluate() keys that hold pictures, not numbers

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from convlab.config import build
+from convlab.core.build import build
 from convlab.data.base import DataInfo
-from convlab.errors import ConfigError
-from convlab.perf import Precision
+from convlab.core.errors import ConfigError
+from convlab.core.perf import Precision
 from convlab.tasks.base import Task
 
 
@@ -46,8 +46,8 @@ class ClassificationTask(Task):
         self.schedulers = {"model": self.scheduler}
 
     def macs(self) -> int:
-        """The classifier's multiply-adds for one image (convlab.inspection; FLOPs / 2)."""
-        from convlab.inspection import macs_of
+        """The classifier's multiply-adds for one image (convlab.models.analysis; FLOPs / 2)."""
+        from convlab.models.analysis import macs_of
 
         info = self.info
         return macs_of(self.model, (info.in_channels, info.image_size, info.image_size))
@@ -68,7 +68,7 @@ class ClassificationTask(Task):
         """Mean loss and accuracy; with `final`, per-class accuracy, the confusion matrix and the figures.
 
         The final figures: the confusion matrix (a matplotlib Figure), and the effective receptive
-        field of the last spatial layer over the first 32 images (a picture; convlab.inspection).
+        field of the last spatial layer over the first 32 images (a picture; convlab.models.analysis).
         """
         self.train(False)
         k = self.info.num_classes
@@ -89,8 +89,8 @@ class ClassificationTask(Task):
             per_class = cm.diag().double() / cm.sum(1).clamp(min=1)
             result["per_class_acc"] = dict(zip(self.info.class_names, per_class.tolist()))
             result["confusion"] = cm.tolist()
-            from convlab.inspection import field_image, field_of
-            from convlab.plots import confusion_figure  # matplotlib costs ~0.7 s to import: only when needed
+            from convlab.models.analysis import field_image, field_of
+            from convlab.core.plots import confusion_figure  # matplotlib costs ~0.7 s to import: only when needed
 
             result["figures"] = {
                 "confusion_matrix": confusion_figure(cm, self.info.class_names),

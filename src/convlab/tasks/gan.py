@@ -9,10 +9,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from convlab import fid
-from convlab.config import build
+from convlab.tasks import fid
+from convlab.core.build import build
 from convlab.data.base import DataInfo
-from convlab.perf import Precision
+from convlab.core.perf import Precision
 from convlab.tasks.base import Task
 
 log = logging.getLogger("convlab")
@@ -68,7 +68,7 @@ class GANTask(Task):
         fid_samples: int = 2048,
     ) -> None:
         super().__init__(precision)
-        # Settings, data scaling and their combinations are checked by convlab.schema.validate.
+        # Settings, data scaling and their combinations are checked by convlab.run.schema.validate.
         # The gradient penalty assumes each sample's critic value depends on that sample alone: no BatchNorm.
         d_norm = model.get("d_norm", "auto")
         if d_norm == "auto":

@@ -16,15 +16,18 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig
 
-from convlab import distributed, interrupts, resume, rundir
-from convlab.checkpoint import CKPT_DIR, remove_stale_temp_files
-from convlab.config import build, resolve_device, to_dict
-from convlab.errors import ConfigError, ConvlabError
-from convlab.schema import validate
-from convlab.logging import RunLogger, flatten
-from convlab.perf import Precision, keep_freed_memory, resolve_speed_settings
+from convlab.run import distributed, resume, rundir
+
+from convlab.core import interrupts
+from convlab.core.io import remove_stale_temp_files
+from convlab.run.checkpoint import CKPT_DIR
+from convlab.core.build import build, resolve_device, to_dict
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.run.schema import validate
+from convlab.run.runlog import RunLogger, flatten
+from convlab.core.perf import Precision, keep_freed_memory, resolve_speed_settings
 from convlab.tasks.base import Task, numbers_only
-from convlab.trainer import Trainer
+from convlab.run.trainer import Trainer
 
 log = logging.getLogger("convlab")
 

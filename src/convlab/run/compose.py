@@ -1,6 +1,6 @@
 """Composing a command's configs from conf/ and checking them, before Hydra runs or any folder exists.
 
-The CLI's preflight and the Python API (convlab.api) build their configs here, so both refuse the
+The CLI's preflight and the Python API (convlab.app.api) build their configs here, so both refuse the
 same things in the same one-line words.
 """
 
@@ -13,7 +13,7 @@ from importlib import resources
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 
 GROUPS = ("model", "data", "optim", "sched", "task", "experiment", "search")
 # Hydra plugins behind optional extras: name in a "Could not find" message -> the extra that installs it.
@@ -78,7 +78,7 @@ def _parses(parser: object, override: str) -> bool:
 def preflight(config_name: str, args: list[str]) -> DictConfig | None:
     """Check a command before Hydra runs or any folder exists; returns the first job's config (with its hydra node).
 
-    Unknown group choices, misspelt keys and every bad value (convlab.schema) become one
+    Unknown group choices, misspelt keys and every bad value (convlab.run.schema) become one
     ConfigError line. Each job of a basic sweep is composed and validated, also the jobs of a
     sweep that an experiment config lists in hydra.sweeper.params. Anything this cannot parse
     is left to Hydra to report.
@@ -99,7 +99,7 @@ def preflight(config_name: str, args: list[str]) -> DictConfig | None:
         raise ConfigError(f"cannot read the override {bad!r} ({reason}); quote values that hold = , [ ] or spaces: key='value'") from None
     if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.config_dir or parsed.config_name or parsed.shell_completion:
         return None
-    from convlab.schema import validate  # imports torch (~3 s): not for --help, --cfg and --info
+    from convlab.run.schema import validate  # imports torch (~3 s): not for --help, --cfg and --info
 
     jobs = expand(overrides)
     first = compose(config_name, jobs[0] if jobs else [o.input_line for o in overrides], hydra=True)

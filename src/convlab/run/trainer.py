@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from convlab import interrupts
-from convlab.checkpoint import CKPT_DIR, copy_atomic, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from convlab.distributed import all_reduce, gather
-from convlab.errors import ConfigError, ConvlabError
-from convlab.logging import RunLogger
-from convlab.stopping import EarlyStop
+from convlab.core import interrupts
+from convlab.core.io import copy_atomic
+from convlab.run.checkpoint import CKPT_DIR, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from convlab.run.distributed import all_reduce, gather
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.run.runlog import RunLogger
+from convlab.run.stopping import EarlyStop
 from convlab.tasks.base import Task
 
 log = logging.getLogger("convlab")

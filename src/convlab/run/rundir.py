@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convlab.errors import ConvlabError
+from convlab.core.errors import ConvlabError
 
 try:
     import fcntl
@@ -124,7 +124,7 @@ def read_summary(folder: Path) -> dict[str, Any]:
 
 def settle(folder: Path) -> None:
     """In `folder` and its subfolders (a sweep's jobs): a summary.json that says "running" while no process holds the run becomes "interrupted"."""
-    from convlab.checkpoint import write_atomic
+    from convlab.core.io import write_atomic
 
     for run in [folder, *(d for d in folder.iterdir() if d.is_dir())] if folder.is_dir() else []:
         summary = read_summary(run)
@@ -199,7 +199,7 @@ def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
         if LOCK_NAME not in before:
             (folder / LOCK_NAME).unlink(missing_ok=True)
         what = "a sweep" if sweep else "a run"
-        from convlab.resume import command
+        from convlab.run.resume import command
 
         hint = "choose another hydra.sweep.dir" if sweep else f"continue it with: {command(folder)}, or choose another folder"
         raise ConvlabError(f"{folder} already holds {what}; a new one would overwrite it: {hint}")

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 
 log = logging.getLogger("convlab")
 
@@ -46,10 +46,10 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
     the working directory unless `out_dir` is given. `quiet` keeps the epoch lines off the console
     (train.log still gets them). Bad values raise ConvlabError with one line, before any folder exists.
     """
-    from convlab import resume, rundir
-    from convlab.compose import compose
-    from convlab.runner import train as run_training
-    from convlab.schema import validate
+    from convlab.run import resume, rundir
+    from convlab.run.compose import compose
+    from convlab.run.runner import train as run_training
+    from convlab.run.schema import validate
 
     args = _checked(overrides)
     cfg = compose("train", args, hydra=True)
@@ -90,9 +90,9 @@ def load(run: str | os.PathLike | dict[str, Any], device: str = "auto") -> Loade
     It goes through the same checks as `convlab eval`: weights only, the layout, the config's
     targets and values. A run folder means the weights its test pass used (best.pt after an early stop).
     """
-    from convlab.config import resolve_device
-    from convlab.evaluate import data_info, load_task
-    from convlab.schema import device as device_rule
+    from convlab.core.build import resolve_device
+    from convlab.app.evaluate import data_info, load_task
+    from convlab.run.schema import device as device_rule
 
     path = run.get("out_dir") if isinstance(run, dict) else run
     if not isinstance(path, (str, os.PathLike)):
@@ -108,7 +108,7 @@ def _checked(overrides: tuple[Any, ...]) -> list[str]:
     """The overrides as strings; a sweep or a Hydra flag is refused in one line (they belong to the command line)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from convlab.compose import expand
+    from convlab.run.compose import expand
 
     bad = next((o for o in overrides if not isinstance(o, str)), None)
     if bad is not None:
@@ -129,7 +129,7 @@ def _checked(overrides: tuple[Any, ...]) -> list[str]:
 
 def _record(folder: Path, cfg: DictConfig, args: list[str]) -> None:
     """.hydra/config.yaml and overrides.yaml, as a CLI run has them (convlab report and sweeps read them)."""
-    from convlab.checkpoint import write_atomic
+    from convlab.core.io import write_atomic
 
     hydra_dir = folder / ".hydra"
     hydra_dir.mkdir(exist_ok=True)
@@ -141,7 +141,7 @@ def _record(folder: Path, cfg: DictConfig, args: list[str]) -> None:
 @contextlib.contextmanager
 def _console(folder: Path, quiet: bool) -> Iterator[None]:
     """convlab's log lines to the console (unless quiet) and to <run>/train.log, for this call only."""
-    from convlab.logging import ConsoleFormatter
+    from convlab.run.runlog import ConsoleFormatter
 
     handlers: list[logging.Handler] = [logging.FileHandler(folder / "train.log")]
     handlers[0].setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from convlab.errors import ConvlabError
+from convlab.core.errors import ConvlabError
 
 TRUST_ENV = "CONVLAB_TRUST_TARGETS"
 # Where a saved config names a target, and which group of conf/ lists the targets allowed there.
@@ -71,6 +71,21 @@ def allowed(group: str, target: Any) -> bool:
         return False
     torch_kind = {"optim": "torch.optim", "sched": "torch.optim.lr_scheduler"}.get(group)
     return target in conf_targets()[group] or target in user_targets() or (torch_kind is not None and _is_torch_class(target, torch_kind))
+
+
+# Targets that moved since convlab 0.1 (2026-12-02): a checkpoint saved then names the old path.
+# Only these exact names are rewritten, each to its new home; anything else is checked as it stands.
+MOVED = {f"convlab.schedules.{name}": f"convlab.tasks.schedules.{name}" for name in ("constant", "cosine", "onecycle", "step")}
+
+
+def upgrade(config: Any) -> Any:
+    """`config` with the targets that moved since it was saved renamed to where they live now (in place)."""
+    if isinstance(config, dict):
+        for slot in SLOTS:
+            node = config.get(slot)
+            if isinstance(node, dict) and isinstance(node.get("_target_"), str) and node["_target_"] in MOVED:
+                node["_target_"] = MOVED[node["_target_"]]
+    return config
 
 
 def check_config(config: Any, source: str) -> None:

@@ -10,10 +10,10 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from convlab.checkpoint import write_atomic
-from convlab.errors import ConfigError, ConvlabError
-from convlab.plots import confusion_figure
-from convlab.runs import RunRecord, find_runs, table, to_markdown
+from convlab.core.io import write_atomic
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.plots import confusion_figure
+from convlab.app.runs import RunRecord, find_runs, table, to_markdown
 
 CURVES = (("train/loss", "train loss"), ("val/loss", "validation loss"), ("train/acc", "train accuracy"), ("val/acc", "validation accuracy"))
 GAN_CURVES = (("train/loss/D", "discriminator loss"), ("train/loss/G", "generator loss"), ("train/D_x", "D(x)"), ("train/D_G_z", "D(G(z))"))

@@ -14,65 +14,25 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from convlab import interrupts, trust
-from convlab.errors import ConvlabError
-from convlab.schema import validate
+from convlab.core import interrupts
+
+from convlab.run import trust
+from convlab.core.errors import ConvlabError
+from convlab.core.io import write_atomic
+from convlab.run.schema import validate
 
 FORMAT = "convlab-checkpoint/1"
 CKPT_DIR = "checkpoints"
-TMP_SUFFIX = ".tmp"
 # What every convlab checkpoint holds, by type; loaded files that differ are refused.
 LAYOUT = {"config": dict, "data_info": dict, "task": dict, "epoch": int, "history": list, "best": dict, "elapsed": (float, int), "rng": list, "precision": dict}
 # torch.load's advice around the reason it refused a file (the advice is to trust the file: not ours to give).
 TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "In PyTorch")
 INFO_FIELDS = {"num_classes", "in_channels", "image_size", "class_names", "mean", "std"}
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: Path, write: Any) -> None:
-    """Run write(tmp_path) in the target folder, then rename over `path`: readers never see half a file.
-
-    The rename replaces a symbolic link at `path` rather than writing through it. A full disk,
-    a read-only folder or a refused permission becomes one ConvlabError line naming `path`.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    except OSError as e:
-        raise ConvlabError(f"cannot write {path}: {e.strerror or e}") from None
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        with interrupts.critical():  # Ctrl-C or SIGTERM takes effect after the rename (or the clean-up)
-            write(tmp)
-            os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ConvlabError(f"cannot write {path}: {e.strerror or e}") from None
-        if isinstance(e, RuntimeError) and "write" in str(e).lower():  # torch.save's stream writer on a full disk
-            free = shutil.disk_usage(path.parent).free
-            raise ConvlabError(f"cannot write {path}: {'No space left on device' if free < 1 << 20 else str(e).splitlines()[0]}") from None
-        raise
-
-
-def remove_stale_temp_files(folder: Path) -> int:
-    """Delete temp files a killed write left in `folder` (call only while holding the run's lock); returns how many."""
-    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file() and not p.is_symlink()] if folder.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` (tensors, numbers, strings, containers only) atomically to `path`."""
     write_atomic(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a file atomically (used for best.pt)."""
-    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -120,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     problem = _layout_problem(state)
     if problem:
         raise ConvlabError(f"checkpoint {p} is damaged or not a convlab checkpoint: {problem}")
-    trust.check_config(state["config"], f"checkpoint {p}")
+    trust.check_config(trust.upgrade(state["config"]), f"checkpoint {p}")
     try:  # the same value checks as a command line
         validate(OmegaConf.create(state["config"]))
     except ConvlabError as e:

@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from convlab.checkpoint import find_checkpoint, load_checkpoint
-from convlab.config import build, resolve_device
+from convlab.run.checkpoint import find_checkpoint, load_checkpoint
+from convlab.core.build import build, resolve_device
 from convlab.data.base import DataInfo
-from convlab.errors import ConfigError, ConvlabError
-from convlab.perf import Precision, resolve_precision
-from convlab.schema import validate
-from convlab.stopping import EarlyStop
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.perf import Precision, resolve_precision
+from convlab.run.schema import validate
+from convlab.run.stopping import EarlyStop
 from convlab.tasks.base import Task, numbers_only
-from convlab.trainer import batches_on
+from convlab.run.trainer import batches_on
 
 
 def data_info(state: dict[str, Any]) -> DataInfo:

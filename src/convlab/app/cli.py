@@ -24,8 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from convlab import __version__
-from convlab.compose import preflight
-from convlab.errors import ConfigError, ConvlabError, Terminated
+from convlab.run.compose import preflight
+from convlab.core.errors import ConfigError, ConvlabError, Terminated
 
 log = logging.getLogger("convlab")
 # Sweep job folders are named by their overrides (conf/train.yaml); long ones are cut to stay valid names.
@@ -39,7 +39,7 @@ def _in_sweep() -> bool:
 
 def _record_failure(error: BaseException) -> None:
     """Mark the job failed in its summary.json (train() does so itself once it has started)."""
-    from convlab.checkpoint import write_atomic
+    from convlab.core.io import write_atomic
 
     out = Path(HydraConfig.get().runtime.output_dir)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
@@ -71,7 +71,7 @@ def user_errors(resume_hint: bool = False) -> Iterator[None]:
             sys.exit(2)
         _record_failure(e)
     except KeyboardInterrupt as e:
-        from convlab.resume import command
+        from convlab.run.resume import command
 
         out = Path(HydraConfig.get().runtime.output_dir)
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
@@ -96,8 +96,8 @@ def train_main(cfg: DictConfig) -> float | None:
     """`convlab train`: one run, or one job of a -m sweep."""
     import torch
 
-    from convlab.distributed import join_submitit_job
-    from convlab.runner import train
+    from convlab.run.distributed import join_submitit_job
+    from convlab.run.runner import train
 
     join_submitit_job()
     with user_errors(resume_hint=True):
@@ -121,7 +121,7 @@ def _job_command() -> str | None:
 @hydra.main(config_path=CONF, config_name="eval", version_base="1.3")
 def eval_main(cfg: DictConfig) -> None:
     """`convlab eval ckpt=PATH`: print loss, accuracy and per-class accuracy."""
-    from convlab.evaluate import evaluate_checkpoint, format_result
+    from convlab.app.evaluate import evaluate_checkpoint, format_result
 
     with user_errors():
         print(format_result(evaluate_checkpoint(cfg)))
@@ -130,7 +130,7 @@ def eval_main(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONF, config_name="sample", version_base="1.3")
 def sample_main(cfg: DictConfig) -> None:
     """`convlab sample ckpt=PATH`: write generated images."""
-    from convlab.evaluate import sample_checkpoint
+    from convlab.app.evaluate import sample_checkpoint
 
     with user_errors():
         files = sample_checkpoint(cfg)
@@ -140,7 +140,7 @@ def sample_main(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONF, config_name="bench", version_base="1.3")
 def bench_main(cfg: DictConfig) -> None:
     """`convlab bench`: print the images/s table (and write JSON with bench.json=PATH)."""
-    from convlab.bench import bench, format_table, write_json
+    from convlab.app.bench import bench, format_table, write_json
 
     with user_errors():
         result = bench(cfg)
@@ -152,7 +152,7 @@ def bench_main(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONF, config_name="inspect", version_base="1.3")
 def inspect_main(cfg: DictConfig) -> None:
     """`convlab inspect`: print the layer table; write inspect.json and the effective-field heatmap."""
-    from convlab.inspection import format_table, inspect_model
+    from convlab.app.inspect import format_table, inspect_model
 
     with user_errors():
         result, title = inspect_model(cfg)
@@ -162,7 +162,7 @@ def inspect_main(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONF, config_name="report", version_base="1.3")
 def report_main(cfg: DictConfig) -> None:
     """`convlab report PATH...`: report.md with curves, bars and confusion matrix from run folders."""
-    from convlab.report import report
+    from convlab.app.report import report
 
     with user_errors():
         log.info("wrote %s", report(cfg))
@@ -207,7 +207,7 @@ def _value(args: list[str], key: str, default: str | None) -> str | None:
 
 def _paths_override(args: list[str]) -> list[str]:
     """`convlab report A B` -> `paths=['A','B']`: Hydra takes no positional arguments."""
-    from convlab.rundir import hydra_quote
+    from convlab.run.rundir import hydra_quote
 
     paths = [a for a in args if "=" not in a and not a.startswith("-")]
     rest = [a for a in args if a not in paths]
@@ -219,13 +219,13 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
 
     The second value is an exit code when the command ends here (a finished run resumed).
     """
-    from convlab import rundir
-    from convlab.rundir import hydra_quote
+    from convlab.run import rundir
+    from convlab.run.rundir import hydra_quote
 
     given = lambda key: any(a.startswith(f"{key}=") for a in args)  # noqa: E731
     target = _value(args, "resume", None)
     if target:
-        from convlab import resume  # reads checkpoints: imports torch
+        from convlab.run import resume  # reads checkpoints: imports torch
 
         plan = resume.plan(target, [a for a in args if not a.startswith("-")])
         if plan.finished:
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         while CLAIMS:
             CLAIMS.pop().release()
-    from convlab.sweep import last_sweep
+    from convlab.app.sweep import last_sweep
 
     if last_sweep["failed"]:
         sys.exit(1)  # the sweep ran to its end, but not every job succeeded
@@ -294,18 +294,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _prepare_train(args: list[str], first: DictConfig | None) -> tuple[list[str], int | None]:
     """`convlab train`: SIGTERM as Ctrl-C, then the folders claimed (by rank 0 for several processes, or by each started process)."""
-    from convlab import interrupts
+    from convlab.core import interrupts
 
     interrupts.install()  # SIGTERM like Ctrl-C, from Hydra's start on
     # A parallel sweep stopped by Ctrl-C leaves joblib's semaphores to its resource tracker, which warns in two lines.
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]))
     if "WORLD_SIZE" in os.environ:  # one of several training processes: rank 0 claims the folder for all
-        from convlab.distributed import join
+        from convlab.run.distributed import join
 
         return join(args, lambda: _claim_folders(args, first))
     devices = _value(args, "trainer.devices", "1")
     if devices.isdigit() and int(devices) > 1:
-        from convlab.distributed import check_devices, launch
+        from convlab.run.distributed import check_devices, launch
 
         check_devices(_value(args, "device", "auto"), int(devices))  # an unavailable device: one line here, not one per process
         launch(int(devices), ["train", *args])

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from convlab import rundir
-from convlab.errors import ConvlabError
+from convlab.run import rundir
+from convlab.core.errors import ConvlabError
 
 # Final-epoch and test values worth a column, in this order, where any run has them.
 VALUE_COLUMNS = ("val/acc", "test/acc", "train/loss/D", "train/loss/G", "test/fid")

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 
-from convlab.config import build, to_dict
-from convlab.errors import ConvlabError
-from convlab.perf import Precision
-from convlab.schema import validate
+from convlab.core.build import build, to_dict
+from convlab.core.errors import ConvlabError
+from convlab.core.perf import Precision
+from convlab.run.schema import validate
 from convlab.tasks.classification import ClassificationTask
-from convlab.runner import Run, setup
-from convlab.trainer import sync
+from convlab.run.runner import Run, setup
+from convlab.run.trainer import sync
 
 LOOPS = {
     "convlab": "1 convlab train loop",
@@ -67,7 +67,7 @@ def _timed(step: Callable[[], int], warmup: int, steps: int, device: torch.devic
 
 
 def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """Loop 3: convlab.baseline (scripts/plain_torch_baseline.py) timing the same model in its own process.
+    """Loop 3: convlab.app.baseline (scripts/plain_torch_baseline.py) timing the same model in its own process.
 
     A user's script gets what that process gets: glibc's default allocator settings, per-image
     PIL transforms in its own DataLoader workers, the default thread count. The run's training
@@ -79,7 +79,7 @@ def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, re
     data = tmp / "train.npz"
     np.savez(data, images=x.numpy(), labels=y.numpy(), mean=np.array(info.mean), std=np.array(info.std))
     cmd = [
-        sys.executable, "-m", "convlab.baseline", "--data", str(data), "--model", json.dumps(to_dict(cfg.model)),
+        sys.executable, "-m", "convlab.app.baseline", "--data", str(data), "--model", json.dumps(to_dict(cfg.model)),
         "--batch-size", str(cfg.batch_size), "--workers", str(workers), "--device", str(run.device),
         "--precision", run.task.precision.kind, "--bench", f"{steps},{warmup},{repeats}", "--out", str(tmp / "unused.pt"),
         *(["--channels-last"] if run.trainer.memory_format == torch.channels_last else []),
@@ -87,7 +87,7 @@ def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, re
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConvlabError(f"bench loop 3 (python -m convlab.baseline) failed with exit code {proc.returncode}: {last}")
+        raise ConvlabError(f"bench loop 3 (python -m convlab.app.baseline) failed with exit code {proc.returncode}: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -152,7 +152,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"channels_last={c['channels_last']}, compile={c['compile']}, torch {m['torch']}",
         f"precision {c['precision']}: {c['precision_reason']}",
         f"{c['steps']} timed steps after {c['warmup']} warm-up, median of {c['repeats']}; loops 1-2 interleaved in this process,",
-        f"loop 3 in its own process (python -m convlab.baseline: glibc's default allocator, SGD, {c['workers']} DataLoader workers)",
+        f"loop 3 in its own process (python -m convlab.app.baseline: glibc's default allocator, SGD, {c['workers']} DataLoader workers)",
         "",
         f"{'loop':<40}{'images/s':>10}   runs",
     ]

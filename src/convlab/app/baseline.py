@@ -14,7 +14,7 @@ own process, as a user's script would:
 With --bench, --data may also be an .npz of uint8 `images` (N, C, H, W), `labels`, `mean` and `std`:
 convlab bench hands over any dataset's training images that way.
 
-scripts/plain_torch_baseline.py (or `python -m convlab.baseline`) runs this file; docs/BENCHMARKS.md has the measurements.
+scripts/plain_torch_baseline.py (or `python -m convlab.app.baseline`) runs this file; docs/BENCHMARKS.md has the measurements.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Config helpers: build `_target_` nodes, pick the device (values are checked by convlab.schema)."""
+"""Config helpers: build `_target_` nodes, pick the device (values are checked by convlab.run.schema)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from convlab.errors import ConfigError, ConvlabError
+from convlab.core.errors import ConfigError, ConvlabError
 
 
 def to_dict(node: Any) -> Any:

@@ -17,11 +17,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from convlab import rundir
-from convlab.rundir import hydra_quote
-from convlab.checkpoint import CKPT_DIR, find_checkpoint, load_checkpoint, run_dir_of
-from convlab.errors import ConfigError, ConvlabError
-from convlab.stopping import EarlyStop
+from convlab.run import rundir
+from convlab.run.rundir import hydra_quote
+from convlab.run.checkpoint import CKPT_DIR, find_checkpoint, load_checkpoint, run_dir_of
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.run.stopping import EarlyStop
 
 # Keys a resumed run may change: where it runs and how long this session lasts, nothing it learns from.
 MAY_CHANGE = ("device", "trainer.devices", "trainer.stop_after")
@@ -105,7 +105,7 @@ def check_overrides(saved: dict[str, Any], overrides: list[str]) -> None:
     given = [o for o in overrides if "=" in o and _key(o) not in (*MAY_CHANGE, "resume", "out_dir") and not _key(o).startswith("hydra")]
     if not given:
         return
-    from convlab.compose import compose
+    from convlab.run.compose import compose
 
     base, mine = compose("train", []), compose("train", given)
     base_leaves = _leaves(OmegaConf.to_container(base, resolve=False))

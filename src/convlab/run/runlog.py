@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from convlab import interrupts
-from convlab.checkpoint import write_atomic
+from convlab.core import interrupts
+from convlab.core.io import write_atomic
 from convlab.tasks.base import numbers_only
 
 log = logging.getLogger("convlab")

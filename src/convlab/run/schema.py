@@ -17,9 +17,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
+from convlab.data.base import check_batch_fits, val_size
 from convlab.models.layers import CONV_IMPLS, CONV_KINDS
-from convlab.perf import PRECISIONS
+from convlab.core.perf import PRECISIONS
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 LOADERS = ("auto", "device", "dataloader")
@@ -213,24 +214,6 @@ def require_int(name: str, value: Any, minimum: int) -> int:
     if (allowed := integer(minimum)(value)) is not None:
         raise refuse(name, value, allowed)
     return value
-
-
-def val_size(num_images: int, val_fraction: float) -> int:
-    """How many of `num_images` training images `val_fraction` holds out for validation (at least one)."""
-    return max(1, round(num_images * val_fraction))
-
-
-def check_batch_fits(batch_size: int, num_train: int, val_fraction: float) -> None:
-    """Refuse a batch larger than the training split.
-
-    The loaders would train on one short batch per epoch instead of `batch_size` images per
-    step: a different run than the one asked for, so it is refused rather than run quietly.
-    """
-    if batch_size > num_train:
-        raise ConfigError(
-            f"batch_size={batch_size} is larger than the {num_train} training images "
-            f"(after data.val_fraction={val_fraction}); use a smaller batch_size"
-        )
 
 
 def _lookup(cfg: DictConfig, path: str) -> Any:

@@ -1,6 +1,6 @@
 """Learning-rate schedules, stepped once per optimizer step; built from conf/sched/<name>.yaml.
 
-Their settings are checked by convlab.schema.validate; only what needs the run's step count is checked here.
+Their settings are checked by convlab.run.schema.validate; only what needs the run's step count is checked here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, StepLR
 
-from convlab.errors import ConfigError
+from convlab.core.errors import ConfigError
 
 
 def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:

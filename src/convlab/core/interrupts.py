@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from convlab.errors import Terminated
+from convlab.core.errors import Terminated
 
 _state = {"depth": 0, "pending": None}
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from convlab.errors import ConvlabError
+from convlab.core.errors import ConvlabError
 
 
 def world() -> tuple[int, int, int]:
@@ -74,7 +74,7 @@ def join_submitit_job() -> None:
 
 def check_devices(spec: str, nproc: int) -> None:
     """Fail before starting `nproc` processes when `device=spec` does not exist or has too few GPUs."""
-    from convlab.config import resolve_device
+    from convlab.core.build import resolve_device
 
     device = resolve_device(spec)
     if device.type == "cuda" and ":" not in spec and nproc > torch.cuda.device_count():

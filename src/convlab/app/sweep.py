@@ -12,8 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from convlab import rundir
-from convlab.runs import RunRecord, find_runs, table, to_csv, to_markdown
+from convlab.run import rundir
+from convlab.app.runs import RunRecord, find_runs, table, to_csv, to_markdown
 
 # Jobs of the last sweep in this process that did not end "ok" (the CLI's exit code reads it).
 last_sweep = {"jobs": 0, "failed": 0}
@@ -24,7 +24,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write summary.csv / summary.md and print the table."""
-        from convlab.checkpoint import copy_atomic, write_atomic  # imports torch: only once a sweep has ended
+        from convlab.core.io import copy_atomic, write_atomic  # imports torch: only once a sweep has ended
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():

@@ -1,0 +1,82 @@
+"""`convlab inspect`: a model's layer table (shapes, parameters, MACs, receptive fields) and its effective field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from convlab.app.evaluate import load_task
+from convlab.core.build import build, resolve_device
+from convlab.core.errors import ConvlabError
+from convlab.core.io import write_atomic
+from convlab.models.analysis import effective_field, field_extent, field_image, field_layer, layer_table
+from convlab.run.runlog import save_png
+from convlab.run.schema import validate
+from convlab.run.trainer import batches_on
+
+
+def format_table(table: dict[str, Any], title: str) -> str:
+    """The layer table as aligned text, with the effective field's extent when there is one."""
+    head = f"{'layer':<24}{'kind':<22}{'output':<14}{'params':>12}{'MACs':>14}{'RF':>8}{'jump':>6}"
+    lines = [title, f"input {'×'.join(map(str, table['input']))}; {table['unit']}", "", head]
+    for r in table["layers"]:
+        shape = "×".join(map(str, r["output"] or ["?"]))
+        rf = "-" if r["receptive_field"] is None else r["receptive_field"]
+        rf = f"{rf}×{rf}" if isinstance(rf, int) else rf
+        lines.append(f"{r['name']:<24}{r['kind']:<22}{shape:<14}{r['parameters']:>12,}{r['macs']:>14,}{rf:>8}{r['jump'] or '-':>6}")
+    t = table["total"]
+    lines += ["", f"{'total':<60}{t['parameters']:>12,}{t['macs']:>14,}"]
+    if "effective_field" in table:
+        e = table["effective_field"]
+        holes = f", {e['holes']} holes inside it (gridding)" if e["holes"] else ", no holes"
+        lines.append(f"effective field of {e['layer']} over {e['images']} images: {e['size'][0]}×{e['size'][1]} pixels{holes} -> {e['png']}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """inspect.json (written atomically)."""
+    text = json.dumps(result, indent=2) + "\n"
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """`convlab inspect`: the table of `cfg.model` (or of checkpoint `cfg.ckpt`), inspect.json and the effective-field PNG in `cfg.out`."""
+    if not cfg.ckpt and str(cfg.model.get("_target_", "")).endswith(".DCGAN"):
+        raise ConvlabError("model=dcgan is a GAN; convlab inspect reads classifiers (plain_cnn, hdc, resnet18, alexnet_lite)")
+    validate(cfg, "inspect")
+    device = resolve_device(cfg.device)
+    if cfg.ckpt:
+        task, saved, state, path = load_task(cfg, device)
+        if "model" not in task.models:
+            raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} GAN; convlab inspect reads classifiers")
+        model, model_cfg, data_cfg = task.models["model"], saved.model, saved.data  # the data (and data.root) it was trained on
+        weights = f"trained: {path}, epoch {state['epoch']}"
+    else:
+        model_cfg, data_cfg, weights = cfg.model, cfg.data, f"initial weights (seed {cfg.seed})"
+    data = build(data_cfg, "data")
+    info = data.info
+    if not cfg.ckpt:
+        torch.manual_seed(cfg.seed)
+        model = build(model_cfg, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size).to(device)
+    table = layer_table(model, (info.in_channels, info.image_size, info.image_size))
+    images = next(iter(batches_on(data.loaders(cfg.erf_images, device)["test"], device)))[0]  # normalised as in training
+    layer = field_layer(table)
+    field = effective_field(model, images, layer)
+    out = Path(str(cfg.out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConvlabError(f"cannot create out={cfg.out} ({e.strerror or e})") from None
+    name = model_cfg.get("name")
+    title = f"{name}, model.conv={model_cfg.get('conv', 'standard')}, {weights}"
+    save_png(field_image(field), out / "effective_field.png")
+    result = {
+        "model": name, "conv": model_cfg.get("conv", "standard"), "data": data_cfg.get("name"), "weights": weights, **table,
+        "effective_field": {"layer": layer, "images": len(images), "png": str(out / "effective_field.png"), **field_extent(field)},
+    }  # fmt: skip
+    write_json(result, out / "inspect.json")
+    return result, title
