@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,17 +52,54 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 CIFAR_SUBSET = SHARED_DATA / "cifar10-subset"
 # A small synthetic set keeps in-process runs to a few seconds per epoch on 2 CPU cores.
 SMALL = ["data=synthetic", "data.num_train=600", "data.num_test=200", "batch_size=64"]
+# Smaller still, for runs that only have to exist: 200 images, 3,962 parameters, two epochs (3 s).
+TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=2", "model.channels=[8,16,16]"]
+
+
+def compose_cfg(command: str, *overrides: str, **kwargs: Any) -> DictConfig:
+    """conf/COMMAND.yaml composed with `overrides` (kwargs go to Hydra's compose)."""
+    with initialize_config_module("convlab.conf", version_base="1.3"):
+        return compose(command, overrides=list(overrides), **kwargs)
 
 
 def make_cfg(out_dir: Path | str, *overrides: str) -> DictConfig:
     """conf/train.yaml composed with `overrides`, writing into `out_dir`."""
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        return compose("train", overrides=[f"out_dir={out_dir}", *overrides])
+    return compose_cfg("train", f"out_dir={out_dir}", *overrides)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m convlab ARGS` in a subprocess; stdout and stderr captured as text."""
     return subprocess.run([sys.executable, "-m", "convlab", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single non-empty line a failed command printed; fails on success, tracebacks or multi-line walls."""
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stdout + proc.stderr
+    return lines[0]
+
+
+def one_line(err: pytest.ExceptionInfo[BaseException], *parts: str) -> str:
+    """A raised error's message, after checking it is one line holding every part."""
+    msg = str(err.value)
+    assert "\n" not in msg and all(p in msg for p in parts), msg
+    return msg
+
+
+class Payload:
+    """What a hostile pickle holds: unpickling it calls fn(*args) (tests check that it never runs)."""
+
+    def __init__(self, fn: Callable[..., object], *args: object) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.fn, self.args)
+
+
+def curves(history: list[dict]) -> list[dict]:
+    """History rows without the timing columns, which differ run to run."""
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in history]
 
 
 @pytest.fixture

@@ -12,15 +12,7 @@ import torch
 
 from convlab.core.errors import ConvlabError
 from convlab.run.runner import train
-from tests.conftest import REPO, SMALL, make_cfg, run_cli
-
-
-def one_error_line(proc) -> str:
-    """The single line a failed command printed; fails on tracebacks or multi-line walls."""
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stdout + proc.stderr
-    return lines[0]
+from tests.conftest import REPO, SMALL, compose_cfg, make_cfg, one_error_line, one_line, run_cli
 
 
 def test_top_level_help_lists_the_commands() -> None:
@@ -108,17 +100,14 @@ def test_bad_values_name_themselves(overrides: list[str], names: str, allowed: s
     base = SMALL if not any(o.startswith("data=") for o in overrides) else []
     with pytest.raises(ConvlabError) as err:
         train(make_cfg(tmp_path, *base, *overrides))
-    assert names in str(err.value) and allowed in str(err.value) and "\n" not in str(err.value)
+    one_line(err, names, allowed)
 
 
 def test_eval_needs_an_existing_checkpoint(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_module
-
     from convlab.app.evaluate import evaluate_checkpoint
 
     for ckpt, message in ((None, "ckpt=PATH is required"), (tmp_path / "last.pt", "not found")):
-        with initialize_config_module("convlab.conf", version_base="1.3"):
-            cfg = compose("eval", overrides=[f"ckpt={ckpt}"] if ckpt else [])
+        cfg = compose_cfg("eval", *([f"ckpt={ckpt}"] if ckpt else []))
         with pytest.raises(ConvlabError, match=message):
             evaluate_checkpoint(cfg)
 

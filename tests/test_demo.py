@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import run_cli
-from tests.test_cli import one_error_line
+from tests.conftest import compose_cfg, one_error_line, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +119,9 @@ def test_sample_needs_a_generator(demo_run: Path) -> None:
 
 
 def test_inspect_a_trained_run(demo_run: Path, tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_module
-
     from convlab.app.inspect import format_table, inspect_model
 
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        cfg = compose("inspect", overrides=[f"ckpt={demo_run}", f"out={tmp_path}"])
+    cfg = compose_cfg("inspect", f"ckpt={demo_run}", f"out={tmp_path}")
     result, title = inspect_model(cfg)  # in process: the CLI wiring is the same as eval's, tested above
     assert "trained: " in title and "features.2" in format_table(result, title)
     saved = json.loads((tmp_path / "inspect.json").read_text())

@@ -14,7 +14,7 @@ import pytest
 from convlab.run.checkpoint import load_checkpoint
 from convlab.run.runner import train
 from convlab.run.trust import TRUST_ENV
-from tests.conftest import REPO, make_cfg, run_cli
+from tests.conftest import REPO, curves, make_cfg, run_cli
 
 # No augmentation: then the two processes' half batches together are exactly the one-process
 # batch, and a BatchNorm-free model makes the math identical (BatchNorm statistics are per process).
@@ -43,8 +43,9 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def curves(run: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in load_checkpoint(run)["history"]]
+def history(run: Path) -> list[dict]:
+    """The run's history rows, timing columns dropped."""
+    return curves(load_checkpoint(run)["history"])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_two_processes_train_like_one(runs: dict[str, Path]) -> None:
     assert summary["epochs"] == 2 and summary["early_stop"]["epoch"] == 2
     assert summary["best"]["epoch"] == 1 and summary["test_weights"]["which"] == "best" and summary["test_weights"]["epoch"] == 1
     # Same global batch, same images per step: the curves agree to float rounding (stated: 1e-4 relative).
-    for a, b in zip(curves(runs["one"]), curves(runs["two"]), strict=True):
+    for a, b in zip(history(runs["one"]), history(runs["two"]), strict=True):
         assert math.isclose(a["train/loss"], b["train/loss"], rel_tol=1e-4) and math.isclose(a["val/loss"], b["val/loss"], rel_tol=1e-4)
     w1, w2 = (load_checkpoint(runs[r])["task"]["models"]["model"] for r in ("one", "two"))
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
@@ -83,4 +84,4 @@ def test_ddp_run_resumes_exactly(runs: dict[str, Path], tmp_path: Path) -> None:
     assert len(load_checkpoint(tmp_path / "cut")["rng"]) == 2  # each rank's random state
     rest = torchrun("train", f"resume={tmp_path / 'cut'}")
     assert rest.returncode == 0, rest.stderr
-    assert curves(tmp_path / "cut") == curves(runs["two"])
+    assert history(tmp_path / "cut") == history(runs["two"])

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -20,7 +19,7 @@ from convlab.app.evaluate import sample_checkpoint
 from convlab.models.dcgan import DCGAN, Discriminator
 from convlab.tasks.gan import GANTask, d_loss, g_loss, gradient_penalty
 from convlab.run.runner import train
-from tests.conftest import make_cfg
+from tests.conftest import compose_cfg, curves, make_cfg
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
@@ -145,10 +144,7 @@ def test_gan_resume_is_exact(tmp_path: Path, faces_256: Path, monkeypatch: pytes
     assert state["epoch"] == 2 and state["task"]["extra"]["fixed_z"].shape == (64, 100)
     assert set(state["task"]["optimizers"]) == {"generator", "discriminator"}
     resumed = train(make_cfg(tmp_path / "x", f"resume={tmp_path / 'cut'}"))
-    def no_timings(row: dict) -> dict:
-        return {k: v for k, v in row.items() if not k.startswith("perf/")}
-
-    assert no_timings(resumed["final"]) == no_timings(full["final"])
+    assert curves([resumed["final"]]) == curves([full["final"]])
     a, b = (load_checkpoint(tmp_path / run)["task"]["models"]["generator"] for run in ("full", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "ok"
@@ -194,9 +190,8 @@ def test_cli_gan_run_and_sample(tmp_path: Path, faces_256: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "grid.png").size == (2 + 4 * 34, 2 + 4 * 34)  # 4×4 grid of 32-px images
     # The other two forms in process (the same code path, without another interpreter start).
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        each = compose("sample", overrides=[f"ckpt={run / 'checkpoints' / 'last.pt'}", "n=5", f"out={tmp_path / 'each'}/"])
-        strip = compose("sample", overrides=[f"ckpt={run}", "n=7", "interpolate=true", f"out={tmp_path / 'strip.png'}"])
+    each = compose_cfg("sample", f"ckpt={run / 'checkpoints' / 'last.pt'}", "n=5", f"out={tmp_path / 'each'}/")
+    strip = compose_cfg("sample", f"ckpt={run}", "n=7", "interpolate=true", f"out={tmp_path / 'strip.png'}")
     sample_checkpoint(each)
     assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"sample_000{i}.png" for i in range(5)]
     assert Image.open(tmp_path / "each" / "sample_0000.png").size == (32, 32)

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -25,7 +24,7 @@ from convlab.core.errors import ConfigError, ConvlabError
 from convlab.app.evaluate import sample_checkpoint
 from convlab.app.report import report
 from convlab.app.runs import find_runs
-from tests.conftest import run_cli
+from tests.conftest import Payload, compose_cfg, one_error_line, one_line, run_cli
 
 
 def within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
@@ -47,24 +46,7 @@ def within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     return outcome["value"]
 
 
-def one_line(err: pytest.ExceptionInfo[ConvlabError], *parts: str) -> str:
-    """The error's message, after checking it is one line holding every part."""
-    msg = str(err.value)
-    assert "\n" not in msg and all(p in msg for p in parts), msg
-    return msg
-
-
 # ---------------------------------------------------------------- CIFAR-10 batch pickles
-
-
-class RunsACommand:
-    """Unpickles by calling os.system: what a hostile batch file does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def batch(n: int = 4, labels: list[int] | None = None, data: Any = None) -> dict[str, Any]:
@@ -99,7 +81,7 @@ def test_cifar10_reads_genuine_numpy_pickles(tmp_path: Path, protocol: int) -> N
 
 def test_cifar10_pickle_that_runs_a_command_is_refused_unrun(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    cifar_folder(tmp_path / "d", {"data": RunsACommand(marker), "labels": [0]})
+    cifar_folder(tmp_path / "d", {"data": Payload(os.system, f"touch {marker}"), "labels": [0]})
     with pytest.raises(ConvlabError) as err:
         CIFAR10(root=str(tmp_path / "d"), download=False).load()
     one_line(err, "data_batch_1", "system", "only numpy arrays, lists and numbers")
@@ -185,7 +167,7 @@ def test_faces_bad_cache_is_rebuilt_not_used(tmp_path: Path, bad: str) -> None:
         cache.write_bytes(b"\x93NUMPY garbage")
     else:
         planted = {"wrong shape": np.zeros((2, 3, 16, 16), np.uint8), "wrong dtype": np.zeros((2, 3, 8, 8), np.float32)}
-        np.save(cache, planted.get(bad, np.array([RunsACommand(tmp_path / "ran")] * 2, dtype=object)), allow_pickle=True)
+        np.save(cache, planted.get(bad, np.array([Payload(os.system, f"touch {tmp_path / 'ran'}")] * 2, dtype=object)), allow_pickle=True)
     x = within(20, faces.load)[0]
     assert x.shape == (2, 3, 8, 8) and x.dtype == torch.uint8 and x.float().std() > 20  # decoded, not the planted zeros
     assert not (tmp_path / "ran").exists()
@@ -329,16 +311,14 @@ def test_report_replaces_links_instead_of_writing_through_them(tmp_path: Path) -
 def test_report_cli_prints_one_line(mixed_sweep: Path, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("x")
     proc = run_cli("report", str(mixed_sweep), f"out={tmp_path / 'taken'}")
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and "is a file, not a folder" in lines[0], proc.stdout + proc.stderr
+    assert "is a file, not a folder" in one_error_line(proc) and proc.returncode == 2
 
 
 # ---------------------------------------------------------------- convlab sample out=
 
 
 def sample_cfg(tmp_path: Path, out: str) -> Any:
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        return compose("sample", overrides=[f"ckpt={tmp_path / 'no-such-run'}", f"out={out}"])
+    return compose_cfg("sample", f"ckpt={tmp_path / 'no-such-run'}", f"out={out}")
 
 
 @pytest.mark.parametrize("name,problem", [("grid.xyz", "cannot write a colour image as .xyz"), ("grid", "no extension")])
@@ -357,8 +337,7 @@ def test_sample_out_existing_folder_without_slash_is_still_a_folder(tmp_path: Pa
 
 def test_sample_cli_bad_extension_is_one_line(tmp_path: Path) -> None:
     proc = run_cli("sample", f"ckpt={tmp_path}", f"out={tmp_path / 'grid.xyz'}")
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and "grid.xyz: PIL cannot write" in lines[0], proc.stdout + proc.stderr
+    assert "grid.xyz: PIL cannot write" in one_error_line(proc) and proc.returncode == 2
 
 
 def test_find_runs_reads_what_it_can(mixed_sweep: Path) -> None:

@@ -7,19 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
 
 from convlab.core.errors import ConvlabError
 from convlab.app.inspect import inspect_model
 from convlab.models.analysis import effective_field, field_extent, layer_table
 from convlab.models.hdc import HDCNet
 from convlab.models.plain_cnn import PlainCNN
-from tests.conftest import SMALL
+from tests.conftest import SMALL, compose_cfg
 
 
-def inspect_cfg(out: Path, *overrides: str):
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        return compose("inspect", overrides=[*SMALL, f"out={out}", *overrides])
+def inspect_cfg(out: Path, *overrides: str) -> DictConfig:
+    return compose_cfg("inspect", *SMALL, f"out={out}", *overrides)
 
 
 def test_table_counts_every_layer_and_adds_up() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from convlab.core.build import build
-from convlab.core.errors import ConfigError
 from convlab.models.alexnet import AlexNetLite
+from convlab.models.dcgan import DCGAN
 from convlab.models.hdc import HDCNet, hdc_problems
 from convlab.models.layers import CONV_KINDS, GroupedConv, SeparableConv, ShiftConv
+from tests.conftest import REPO, make_cfg
 
 KIND_CLASSES = {"separable": SeparableConv, "grouped": GroupedConv, "shift": ShiftConv}
-from tests.conftest import REPO, make_cfg
 
 CLASSIFIERS = sorted(
     p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if make_cfg("/tmp", f"model={p.stem}").task._target_.endswith("ClassificationTask")
@@ -78,9 +79,18 @@ def test_alexnet_docstring_states_its_parameter_count() -> None:
     assert sum(p.numel() for p in AlexNetLite(10).parameters()) == documented
 
 
-def test_alexnet_rejects_sizes_it_cannot_pool() -> None:
-    with pytest.raises(ConfigError, match="divisible by 8"):
-        AlexNetLite(10, image_size=30)
+@pytest.mark.parametrize(
+    "build_it,problem",
+    [
+        (lambda: AlexNetLite(10, image_size=30), "not divisible by 8"),
+        (lambda: DCGAN(image_size=48), r"not 4·2\^k"),
+        (lambda: HDCNet(10, dilations=[8, 8, 8]), r"model.dilations=\[8, 8, 8\] shrink a 32×32 input below one pixel"),
+    ],
+    ids=["alexnet", "dcgan", "hdc"],
+)
+def test_what_the_schema_refuses_stops_the_constructors_at_an_assert(build_it: Callable[[], object], problem: str) -> None:  # the user's errors: tests/test_validation.py
+    with pytest.raises(AssertionError, match=problem):
+        build_it()
 
 
 @pytest.mark.parametrize(
@@ -108,7 +118,3 @@ def test_hdc_uses_its_dilations(tmp_path: Path) -> None:
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.dilation[0] for c in convs] == [1, 2, 5]
 
-
-def test_dilations_that_shrink_the_input_away_are_config_errors() -> None:  # wrong lengths: tests/test_validation.py
-    with pytest.raises(ConfigError, match="model.dilations"):
-        HDCNet(10, dilations=[8, 8, 8])

@@ -18,16 +18,7 @@ from convlab.run.checkpoint import load_checkpoint
 from convlab.core.errors import ConvlabError
 from convlab.run.runner import train
 from convlab.run.trainer import Trainer
-from tests.conftest import REPO, SMALL, make_cfg, run_cli
-
-TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=2", "model.channels=[8,16,16]"]
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    """The single non-empty line a failed command printed."""
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
-    return lines[0]
+from tests.conftest import REPO, TINY, make_cfg, one_error_line, run_cli
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -65,19 +56,19 @@ def test_a_folder_holding_a_run_is_never_a_new_runs_folder(marker: str, tmp_path
 
 def test_cli_refuses_a_second_run_into_a_folder(finished: Path) -> None:
     before = snapshot(finished)
-    line = one_line(run_cli("train", *TINY, f"hydra.run.dir={finished}"))
+    line = one_error_line(run_cli("train", *TINY, f"hydra.run.dir={finished}"))
     assert f"{finished} already holds a run" in line and "resume=" in line
     assert snapshot(finished) == before
 
 
 def test_a_failed_start_leaves_no_stub_and_keeps_what_was_there(tmp_path: Path) -> None:
     new = tmp_path / "new"
-    line = one_line(run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={new}"))
+    line = one_error_line(run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={new}"))
     assert "CIFAR-10 not found" in line and not new.exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    one_line(run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={mine}"))
+    one_error_line(run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={mine}"))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
@@ -108,7 +99,7 @@ def test_two_cli_runs_into_one_folder(tmp_path: Path) -> None:
         while not (out / "summary.json").exists() and time.time() < deadline:
             time.sleep(0.2)
         second = run_cli("train", *TINY, f"hydra.run.dir={out}")
-        line = one_line(second)
+        line = one_error_line(second)
         assert "in use by another convlab process" in line or "already holds a run" in line
     finally:
         first.send_signal(signal.SIGINT)
@@ -146,18 +137,20 @@ def test_resuming_a_finished_run_rewrites_nothing(finished: Path) -> None:
 def test_the_users_own_command_with_resume_added(finished: Path) -> None:
     proc = run_cli("train", *TINY, f"resume={finished}", "device=cpu")
     assert proc.returncode == 0 and "is finished" in proc.stderr  # equal values are fine
-    line = one_line(run_cli("train", *TINY, "epochs=5", "model=hdc", f"resume={finished}"))
+    line = one_error_line(run_cli("train", *TINY, "epochs=5", "model=hdc", f"resume={finished}"))
     assert "epochs (saved 2, given 5)" in line and "model.name (saved 'plain_cnn', given 'hdc')" in line
 
 
 def test_resume_continues_in_the_runs_own_folder(finished: Path, tmp_path: Path) -> None:
     from convlab.app.cli import _claim_folders
+    from convlab.run.compose import preflight
 
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     (run / "summary.json").unlink()  # not finished: a resume would train
+    args = [f"resume={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path / 'elsewhere'}"]
     with pytest.raises(ConvlabError, match=r"continues the run in .* itself; drop hydra.run.dir="):
-        _claim_folders([f"resume={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path / 'elsewhere'}"], None)
+        _claim_folders(args, preflight("train", args))
     assert not (tmp_path / "elsewhere").exists() and not rundir.is_locked(run)
 
 
@@ -167,7 +160,7 @@ def test_a_symbolic_link_in_a_run_folder_is_refused(finished: Path, tmp_path: Pa
     (run / "summary.json").unlink()  # not finished, so resume would write
     (run / "train.log").unlink()
     (run / "train.log").symlink_to(tmp_path / "victim.txt")
-    line = one_line(run_cli("train", f"resume={run}"))
+    line = one_error_line(run_cli("train", f"resume={run}"))
     assert "train.log is a symbolic link" in line and not (tmp_path / "victim.txt").exists()
 
 
@@ -241,9 +234,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(small_disk: Path,
 
 def test_read_only_and_forbidden_folders_are_one_line(small_disk: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    line = one_line(run_cli("train", *TINY, f"hydra.run.dir={small_disk / 'run'}"))
+    line = one_error_line(run_cli("train", *TINY, f"hydra.run.dir={small_disk / 'run'}"))
     assert f"{small_disk / 'run'}" in line and "Read-only file system" in line
-    line = one_line(run_cli("train", *TINY, "hydra.run.dir=/sys/kernel/convlab-run"))
+    line = one_error_line(run_cli("train", *TINY, "hydra.run.dir=/sys/kernel/convlab-run"))
     assert "/sys/kernel/convlab-run" in line and "not permitted" in line
 
 
@@ -251,11 +244,11 @@ def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(tmp_path: Path) -> Non
     (tmp_path / "0_seed=1").mkdir()
     (tmp_path / "0_seed=1" / "summary.json").write_text('{"status": "ok"}')
     before = snapshot(tmp_path)
-    line = one_line(run_cli("train", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}"))
+    line = one_error_line(run_cli("train", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path}"))
     assert f"{tmp_path} already holds a sweep" in line
     assert snapshot(tmp_path) == before
 
 
 def test_a_bad_value_in_any_sweep_job_stops_the_sweep_before_it_starts(tmp_path: Path) -> None:
-    line = one_line(run_cli("train", "-m", "optim.lr=0.01,fast", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"))
+    line = one_error_line(run_cli("train", "-m", "optim.lr=0.01,fast", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"))
     assert "optim.lr='fast' is not allowed" in line and not (tmp_path / "sweep").exists()

@@ -18,7 +18,7 @@ from convlab.data.loader import ArrayDataLoader, TensorLoader
 from convlab.core.build import to_dict
 from convlab.core.perf import CPU_BF16_ENV, resolve_precision
 from convlab.run.runner import _fp16_refusal, setup, train
-from tests.conftest import SMALL, make_cfg
+from tests.conftest import SMALL, compose_cfg, make_cfg
 
 
 
@@ -123,10 +123,7 @@ def test_device_reads_once_per_log_interval_and_step_curves_add_none(tmp_path: P
 
 
 def test_bench_measures_three_loops(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        cfg = compose("bench", overrides=[*SMALL, "model.channels=[8,8,8]", "bench.steps=3", "bench.warmup=1", "bench.repeats=2", "bench.workers=1"])
+    cfg = compose_cfg("bench", *SMALL, "model.channels=[8,8,8]", "bench.steps=3", "bench.warmup=1", "bench.repeats=2", "bench.workers=1")
     result = bench(cfg)
     assert result["reference_pid"] != os.getpid()  # loop 3 ran as a user's script runs: its own process
     assert set(result["images_per_s"]) == {"convlab", "bare", "reference"}

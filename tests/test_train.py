@@ -14,12 +14,7 @@ from convlab.core.build import build
 from convlab.core.errors import ConvlabError
 from convlab.tasks.classification import ClassificationTask
 from convlab.run.runner import train
-from tests.conftest import REPO, SMALL, make_cfg
-
-
-def curves(history: list[dict]) -> list[dict]:
-    """History rows without the timing columns, which differ run to run."""
-    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in history]
+from tests.conftest import REPO, SMALL, curves, make_cfg
 
 
 def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:

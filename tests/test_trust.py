@@ -10,34 +10,30 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from convlab.run import resume, trust
+from convlab.run import trust
+from convlab.run.rundir import resume_command
 from convlab.run.checkpoint import load_checkpoint
 from convlab.core.errors import ConvlabError
 from convlab.app.evaluate import evaluate_checkpoint, sample_checkpoint
 from convlab.run.runner import train
-from tests.conftest import SMALL, make_cfg, run_cli
-
-TINY = [*SMALL, "data.num_train=200", "data.num_test=64", "epochs=1", "model.channels=[8,16,16]"]
+from tests.conftest import TINY, Payload, compose_cfg, make_cfg, one_error_line, run_cli
 
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The state of a real one-epoch checkpoint, loaded once."""
     out = tmp_path_factory.mktemp("good")
-    train(make_cfg(out, *TINY))
+    train(make_cfg(out, *TINY, "epochs=1"))
     return torch.load(out / "checkpoints" / "last.pt", weights_only=True)
 
 
 def _eval(path: Path) -> Any:
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        return evaluate_checkpoint(compose("eval", overrides=[f"ckpt={path}", "device=cpu"]))
+    return evaluate_checkpoint(compose_cfg("eval", f"ckpt={path}", "device=cpu"))
 
 
 def _sample(path: Path) -> Any:
-    with initialize_config_module("convlab.conf", version_base="1.3"):
-        return sample_checkpoint(compose("sample", overrides=[f"ckpt={path}", f"out={path.parent / 'grid.png'}", "device=cpu"]))
+    return sample_checkpoint(compose_cfg("sample", f"ckpt={path}", f"out={path.parent / 'grid.png'}", "device=cpu"))
 
 
 def _resume(path: Path) -> Any:
@@ -182,19 +178,9 @@ def test_malformed_random_state_is_one_line(good: dict, tmp_path: Path) -> None:
         _resume(tmp_path / "run" / "checkpoints" / "last.pt")
 
 
-class Boom:
-    """A pickle payload: unpickling it would create a file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (os.makedirs, (str(self.marker),))
-
-
 def test_pickle_payloads_are_refused_with_torchs_reason(good: dict, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    torch.save({**good, "extra": Boom(marker)}, tmp_path / "evil.pt")
+    torch.save({**good, "extra": Payload(os.makedirs, str(marker))}, tmp_path / "evil.pt")
     for reader in READERS.values():
         with pytest.raises(ConvlabError) as err:
             reader(tmp_path / "evil.pt")
@@ -227,8 +213,8 @@ def test_cli_refuses_a_hostile_checkpoint_in_one_line(good: dict, tmp_path: Path
     torch.save(state, tmp_path / "run" / "checkpoints" / "last.pt")
     for args in (["eval", f"ckpt={tmp_path / 'run'}"], ["train", f"resume={tmp_path / 'run'}"]):
         proc = run_cli(*args)
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and "builtins.open" in lines[0] and "config key model._target_" in lines[0], lines
+        line = one_error_line(proc)
+        assert proc.returncode == 2 and "builtins.open" in line and "config key model._target_" in line, line
     assert not marker.exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
 
@@ -238,7 +224,7 @@ def test_resume_command_survives_any_folder_name() -> None:
 
     parser = OverridesParser.create()
     for name in ("outputs/multirun/x/0_model=hdc,optim.lr=0.001", "a/[2,4,8] b", "it's", "back\\slash\\", "plain/path"):
-        command = resume.command(name)
+        command = resume_command(name)
         import shlex
 
         words = shlex.split(command)

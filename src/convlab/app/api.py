@@ -46,8 +46,9 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
     the working directory unless `out_dir` is given. `quiet` keeps the epoch lines off the console
     (train.log still gets them). Bad values raise ConvlabError with one line, before any folder exists.
     """
-    from convlab.run import resume, rundir
     from convlab.run.compose import compose
+    from convlab.run.prepare import prepare
+    from convlab.run.resume import finished_summary, finished_text
     from convlab.run.runner import train as run_training
     from convlab.run.schema import validate
 
@@ -55,33 +56,25 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
     cfg = compose("train", args, hydra=True)
     if cfg.hydra.mode == RunMode.MULTIRUN:  # hydra.mode=MULTIRUN, given or set by a config
         raise ConfigError(f"{' '.join(args)} composes a sweep; convlab.train runs one job: run sweeps on the command line (convlab train ...)")
-    folder = (Path(out_dir) if out_dir is not None else Path(cfg.hydra.run.dir)).absolute()  # as Hydra's output_dir is
-    explicit = out_dir is not None or any(a.startswith("hydra.run.dir=") for a in args)
-    with open_dict(cfg):
-        cfg.pop("hydra")
-        cfg.out_dir = str(folder)
-    validate(cfg)
+    folder = Path(out_dir) if out_dir is not None else (Path(cfg.hydra.run.dir) if any(a.startswith("hydra.run.dir=") for a in args) else None)
+    with open_dict(cfg):  # validated here, before prepare() claims anything
+        checked = cfg.copy()
+        checked.pop("hydra")
+        checked.out_dir = "(the run folder)"
+    validate(checked)
     command = f"convlab.train({', '.join(map(repr, overrides))}{f', out_dir={str(out_dir)!r}' if out_dir is not None else ''})"
-    plan = resume.plan(cfg.resume, args) if cfg.resume else None
-    if plan and plan.finished:  # like the CLI: nothing is written into a finished run
+    job = prepare(args, out_dir=folder, first=cfg)
+    if job.finished:  # like the CLI: nothing is written into a finished run
         if not quiet:
-            print(f"{resume.finished_text(plan)}; nothing to do", file=sys.stderr)
-        return resume.finished_summary(plan)
-    if plan and plan.run_dir is not None:  # continue in the run's own folder: nothing to claim, train() locks it
-        if explicit and folder.resolve() != plan.run_dir.resolve():
-            raise ConfigError(f"resume={cfg.resume} continues the run in {plan.run_dir} itself; drop out_dir= (to branch a new run, copy the checkpoint out of the run folder)")
-        rundir.check_links(plan.run_dir)  # before train.log is opened there
-        cfg.out_dir = str(plan.run_dir)
-        with _console(plan.run_dir, quiet):
-            return run_training(cfg, command, plan)
-    claim = rundir.claim(folder, explicit=explicit)
+            print(f"{finished_text(job.plan)}; nothing to do", file=sys.stderr)
+        return finished_summary(job.plan)
     try:
-        cfg.out_dir = str(claim.folder)
-        _record(claim.folder, cfg, args)
-        with _console(claim.folder, quiet):
-            return run_training(cfg, command, plan)
+        if job.claim is not None:
+            _record(job.run_dir.path, job.cfg, args)
+        with _console(job.run_dir.path, quiet):
+            return run_training(job, command)
     finally:
-        claim.release()
+        job.release()
 
 
 def load(run: str | os.PathLike | dict[str, Any], device: str = "auto") -> LoadedRun:
@@ -101,7 +94,7 @@ def load(run: str | os.PathLike | dict[str, Any], device: str = "auto") -> Loade
         raise ConfigError(f"device={device!r} is not allowed; {allowed}")
     task, saved, state, checkpoint = load_task(OmegaConf.create({"ckpt": str(path)}), resolve_device(device))
     task.train(False)
-    return LoadedRun(next(iter(task.models.values())), dict(task.models), saved, data_info(state), checkpoint, state["epoch"], task)
+    return LoadedRun(task.models[task.main_model], dict(task.models), saved, data_info(state), checkpoint, state["epoch"], task)
 
 
 def _checked(overrides: tuple[Any, ...]) -> list[str]:

@@ -23,7 +23,7 @@ from convlab.core.build import build, to_dict
 from convlab.core.errors import ConvlabError
 from convlab.core.perf import Precision
 from convlab.run.schema import validate
-from convlab.tasks.classification import ClassificationTask
+from convlab.run.prepare import prepare_config
 from convlab.run.runner import Run, setup
 from convlab.run.trainer import sync
 
@@ -38,7 +38,7 @@ def _fresh_model_step(run: Run) -> Callable[[torch.Tensor, torch.Tensor], int]:
     """One plain training step (returning its batch size) of a new model and optimizer like the run's."""
     info, cfg, task = run.task.info, run.cfg, run.task
     model = build(cfg.model, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size)
-    model.to(run.device, memory_format=run.trainer.memory_format)
+    model.to(run.device, memory_format=run.trainer.settings.memory_format)
     if cfg.trainer.compile:
         model.compile()
     opt = build(cfg.optim, "optim")(model.parameters())
@@ -82,7 +82,7 @@ def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, re
         sys.executable, "-m", "convlab.app.baseline", "--data", str(data), "--model", json.dumps(to_dict(cfg.model)),
         "--batch-size", str(cfg.batch_size), "--workers", str(workers), "--device", str(run.device),
         "--precision", run.task.precision.kind, "--bench", f"{steps},{warmup},{repeats}", "--out", str(tmp / "unused.pt"),
-        *(["--channels-last"] if run.trainer.memory_format == torch.channels_last else []),
+        *(["--channels-last"] if run.trainer.settings.memory_format == torch.channels_last else []),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -100,10 +100,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         with open_dict(cfg):
             cfg.out_dir = tmp
-        run = setup(cfg, write=False)
-        if not isinstance(run.task, ClassificationTask):
+        run = setup(prepare_config(cfg, write=False, validated=True), write=False)  # validated just above, as a bench config
+        if not run.task.inspectable:  # a classifier: one model, images in, class scores out
             raise ConvlabError(f"convlab bench measures classifiers; model={cfg.model.get('name')} is not one")
-        loader, device, fmt = run.loaders["train"], run.device, run.trainer.memory_format
+        loader, device, fmt = run.loaders["train"], run.device, run.trainer.settings.memory_format
         steps = min(steps, len(loader))
         bs, info = cfg.batch_size, run.task.info
 

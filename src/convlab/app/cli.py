@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import shlex
@@ -23,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from convlab import __version__
+from convlab.app import __version__
 from convlab.run.compose import preflight
 from convlab.core.errors import ConfigError, ConvlabError, Terminated
 
@@ -39,13 +38,13 @@ def _in_sweep() -> bool:
 
 def _record_failure(error: BaseException) -> None:
     """Mark the job failed in its summary.json (train() does so itself once it has started)."""
-    from convlab.core.io import write_atomic
+    from convlab.run.rundir import RunDir
 
-    out = Path(HydraConfig.get().runtime.output_dir)
-    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    run = RunDir(Path(HydraConfig.get().runtime.output_dir))
+    summary = run.read_summary()
     if summary.get("status") in (None, "running"):
-        summary |= {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
-        write_atomic(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+        with contextlib.suppress(ConvlabError):  # the folder may be gone or the disk full: the error itself was said
+            run.write_summary(summary | {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__})
 
 
 # OS refusals that are the user's situation, not a bug: said in one line naming the path.
@@ -71,14 +70,14 @@ def user_errors(resume_hint: bool = False) -> Iterator[None]:
             sys.exit(2)
         _record_failure(e)
     except KeyboardInterrupt as e:
-        from convlab.run.resume import command
+        from convlab.run.rundir import RunDir
 
-        out = Path(HydraConfig.get().runtime.output_dir)
+        run = RunDir(Path(HydraConfig.get().runtime.output_dir))
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         if not resume_hint:
             log.error("%s", what)
-        elif (out / "checkpoints" / "last.pt").is_file():
-            log.error("%s; continue from the last finished epoch with: %s", what, command(out))
+        elif run.last.is_file():
+            log.error("%s; continue from the last finished epoch with: %s", what, run.resume_command())
         else:
             log.error("%s before an epoch finished; nothing to resume", what)
         sys.exit(143 if isinstance(e, Terminated) else 130)
@@ -103,7 +102,8 @@ def train_main(cfg: DictConfig) -> float | None:
     with user_errors(resume_hint=True):
         if cfg.device == "auto" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
             cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"  # parallel sweeps: job i on GPU i mod N
-        return train(cfg, _job_command())["best"]["value"]
+        job = PREPARED[-1] if PREPARED and not _in_sweep() else cfg  # a sweep's jobs are prepared one by one
+        return train(job, _job_command())["best"]["value"]
     return None
 
 
@@ -215,39 +215,34 @@ def _paths_override(args: list[str]) -> list[str]:
 
 
 def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str], int | None]:
-    """Before Hydra writes: the run (or sweep) folder claimed and locked, a resume checked; returns Hydra's args.
+    """Before Hydra writes: the sweep folder claimed, or the run prepared (run.prepare); returns Hydra's args.
 
     The second value is an exit code when the command ends here (a finished run resumed).
     """
     from convlab.run import rundir
-    from convlab.run.rundir import hydra_quote
 
-    given = lambda key: any(a.startswith(f"{key}=") for a in args)  # noqa: E731
-    target = _value(args, "resume", None)
-    if target:
-        from convlab.run import resume  # reads checkpoints: imports torch
-
-        plan = resume.plan(target, [a for a in args if not a.startswith("-")])
-        if plan.finished:
-            print(f"{resume.finished_text(plan)}; nothing to do", file=sys.stderr)
-            return args, 0
-        if plan.run_dir is not None:  # continue in the run's own folder, keeping its own .hydra config
-            if given("hydra.run.dir") and Path(_value(args, "hydra.run.dir", "")).resolve() != plan.run_dir.resolve():
-                raise ConfigError(f"resume={target} continues the run in {plan.run_dir} itself; drop hydra.run.dir= (to branch a new run, copy the checkpoint out of the run folder)")
-            rundir.check_links(plan.run_dir)
-            rundir.lock(plan.run_dir)
-            args = [a for a in args if not a.startswith("hydra.run.dir=")]
-            return [*args, f"hydra.run.dir={hydra_quote(str(plan.run_dir))}", "hydra.output_subdir=null"], None
     if first is None:  # --cfg, --help and friends write no run
         return args, None
     multirun = "-m" in args or "--multirun" in args or first.hydra.mode == RunMode.MULTIRUN
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    folder = Path(_value(args, key, None) or OmegaConf.select(first, key))
-    CLAIMS.append(rundir.claim(folder, explicit=given(key), sweep=multirun))
-    return [a for a in args if not a.startswith(f"{key}=")] + [f"{key}={hydra_quote(str(CLAIMS[-1].folder))}"], None
+    if multirun:
+        folder = Path(_value(args, "hydra.sweep.dir", None) or OmegaConf.select(first, "hydra.sweep.dir"))
+        CLAIMS.append(rundir.claim(folder, explicit=_value(args, "hydra.sweep.dir", None) is not None, sweep=True))
+        return [a for a in args if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={rundir.hydra_quote(str(CLAIMS[-1].folder))}"], None
+    from convlab.run.prepare import prepare  # reads checkpoints: imports torch
+    from convlab.run.resume import finished_text
+
+    given = _value(args, "hydra.run.dir", None)
+    job = prepare([a for a in args if not a.startswith("-")], out_dir=Path(given) if given else None, first=first, moved_by="hydra.run.dir=")
+    if job.finished:
+        print(f"{finished_text(job.plan)}; nothing to do", file=sys.stderr)
+        return args, 0
+    PREPARED.append(job)
+    kept = ["hydra.output_subdir=null"] if job.plan and job.plan.run_dir is not None else []  # a resumed run keeps its own .hydra config
+    return [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={rundir.hydra_quote(job.cfg.out_dir)}", *kept], None
 
 
-CLAIMS: list = []  # folders this process claimed (released, and emptied if nothing was written, at exit)
+CLAIMS: list = []  # sweep folders this process claimed (released, and emptied if nothing was written, at exit)
+PREPARED: list = []  # the run this process prepared before Hydra started (released likewise at exit)
 TYPED: list[str] = []  # the command line as typed, for the run's record (Hydra's sys.argv gains the claimed folder)
 
 
@@ -277,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"convlab-{name}", *args]
+    from convlab.app.sweep import last_sweep
+
+    last_sweep.update(jobs=0, failed=0)  # this command's sweep only (main may run twice in one process)
     try:
         COMMANDS[name][0]()
     except KeyboardInterrupt as e:  # reached here only outside a job: a sweep's own process (its jobs said theirs)
@@ -286,8 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         while CLAIMS:
             CLAIMS.pop().release()
-    from convlab.app.sweep import last_sweep
-
+        while PREPARED:
+            PREPARED.pop().release()
     if last_sweep["failed"]:
         sys.exit(1)  # the sweep ran to its end, but not every job succeeded
 

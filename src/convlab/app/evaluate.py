@@ -53,7 +53,7 @@ def load_task(cfg: DictConfig, device: torch.device, precision: Precision | None
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate `cfg.ckpt` on `cfg.data.split`; returns the task's final evaluation (numbers only)."""
+    """Evaluate `cfg.ckpt` on `cfg.data.split`; returns the task's final evaluation (numbers only), its source and metric names."""
     validate(cfg, "eval")
     device = resolve_device(cfg.device)
     kind, why = resolve_precision(cfg.precision, device)
@@ -66,17 +66,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     task.attach(loaders)
     result = task.evaluate(batches_on(loaders[saved.data.split], device), final=True)
     meta = {"checkpoint": str(path), "epoch": state["epoch"], "model": saved.model.get("name"), "data": saved.data.get("name"),
-            "precision": task.precision.describe()}  # fmt: skip
+            "precision": task.precision.describe(), "metric_names": dict(task.metric_names)}  # fmt: skip
     return numbers_only(result) | meta | {"split": saved.data.split, "images": len(loaders[saved.data.split].labels)}
 
 
 def format_result(r: dict[str, Any]) -> str:
-    """The evaluation as a small text report, with a per-class table for classifiers."""
+    """The evaluation as a small text report (metrics named as the task names them), with a per-class table where there is one."""
     lines = [
         f"checkpoint  {r['checkpoint']}  ({r['model']} on {r['data']}, after epoch {r['epoch']})",
         f"split       {r['split']} ({r['images']} images), precision {r['precision']}",
     ]
-    names = {"loss": "loss", "acc": "accuracy"}
+    names = r.get("metric_names") or {}
     lines += [f"{names.get(k, k):<11} {v:.4f}" for k, v in r.items() if isinstance(v, float)]
     if "per_class_acc" in r:
         width = max(len(name) for name in r["per_class_acc"])
@@ -133,8 +133,8 @@ def sample_checkpoint(cfg: DictConfig) -> list[Path]:
         _check_image_name(str(cfg.out))  # before the checkpoint is read or anything is written
     device = resolve_device(cfg.device)
     task, saved, _, path = load_task(cfg, device)
-    if not hasattr(task, "generate"):
-        raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} classifier; convlab sample needs a generator (model=dcgan)")
+    if not task.samples:
+        raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; convlab sample needs a generator (model=dcgan)")
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.interpolate:
         z0, z1 = torch.randn(2, task.z_dim, generator=g)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from convlab.app.evaluate import load_task
 from convlab.core.build import build, resolve_device
@@ -17,6 +17,7 @@ from convlab.models.analysis import effective_field, field_extent, field_image, 
 from convlab.run.runlog import save_png
 from convlab.run.schema import validate
 from convlab.run.trainer import batches_on
+from convlab.tasks.base import task_class
 
 
 def format_table(table: dict[str, Any], title: str) -> str:
@@ -45,15 +46,16 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     """`convlab inspect`: the table of `cfg.model` (or of checkpoint `cfg.ckpt`), inspect.json and the effective-field PNG in `cfg.out`."""
-    if not cfg.ckpt and str(cfg.model.get("_target_", "")).endswith(".DCGAN"):
-        raise ConvlabError("model=dcgan is a GAN; convlab inspect reads classifiers (plain_cnn, hdc, resnet18, alexnet_lite)")
+    chosen = None if cfg.ckpt else task_class(OmegaConf.select(cfg, "task._target_", throw_on_resolution_failure=False))  # conf/'s or the command line's
+    if chosen is not None and not chosen.inspectable:
+        raise ConvlabError(f"model={cfg.model.get('name')} is a {chosen.kind}; convlab inspect reads classifiers (plain_cnn, hdc, resnet18, alexnet_lite)")
     validate(cfg, "inspect")
     device = resolve_device(cfg.device)
     if cfg.ckpt:
         task, saved, state, path = load_task(cfg, device)
-        if "model" not in task.models:
-            raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} GAN; convlab inspect reads classifiers")
-        model, model_cfg, data_cfg = task.models["model"], saved.model, saved.data  # the data (and data.root) it was trained on
+        if not task.inspectable:
+            raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; convlab inspect reads classifiers")
+        model, model_cfg, data_cfg = task.models[task.main_model], saved.model, saved.data  # the data (and data.root) it was trained on
         weights = f"trained: {path}, epoch {state['epoch']}"
     else:
         model_cfg, data_cfg, weights = cfg.model, cfg.data, f"initial weights (seed {cfg.seed})"

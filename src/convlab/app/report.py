@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -13,18 +15,17 @@ from omegaconf import DictConfig
 from convlab.core.io import write_atomic
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.core.plots import confusion_figure
-from convlab.app.runs import RunRecord, find_runs, table, to_markdown
+from convlab.app.runs import RunRecord, find_runs, table, task_classes, to_markdown
 
-CURVES = (("train/loss", "train loss"), ("val/loss", "validation loss"), ("train/acc", "train accuracy"), ("val/acc", "validation accuracy"))
-GAN_CURVES = (("train/loss/D", "discriminator loss"), ("train/loss/G", "generator loss"), ("train/D_x", "D(x)"), ("train/D_G_z", "D(G(z))"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) -> Figure:
-    """2×2 panels of per-epoch curves, every run overlaid and labelled; 1200×800 px."""
-    fig = Figure(figsize=(12, 8), dpi=100)
+    """Per-epoch curves two panels a row, every run overlaid and labelled; 1200 px wide, 400 px per row (4 panels: 1200×800)."""
+    rows = max(1, math.ceil(len(panels) / 2))
+    fig = Figure(figsize=(12, 4 * rows), dpi=100)
     for i, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(2, 2, i + 1)
+        ax = fig.add_subplot(rows, 2, i + 1)
         for r in runs:
             points = [(row["epoch"], row[key]) for row in r.history if key in row]
             if points:
@@ -37,34 +38,35 @@ def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) ->
     return fig
 
 
-def accuracy_bars(runs: list[RunRecord]) -> Figure:
-    """Final test accuracy per run, labelled with parameters and images/s; 1000 px wide, 120 px per run."""
+def accuracy_bars(runs: list[RunRecord], key: str = "acc", label: str = "test accuracy") -> Figure:
+    """Final test value `key` (accuracy) per run, labelled with parameters and images/s; 1000 px wide, 120 px per run."""
     fig = Figure(figsize=(10, 1.5 + 1.2 * len(runs)), dpi=100)
     ax = fig.add_subplot()
-    accs = [r.value("test/acc") for r in runs]
+    accs = [r.value(f"test/{key}") for r in runs]
     labels = [f"{r.label}\n{r.summary.get('parameters') or 0:,} params, {r.summary.get('images_per_s') or 0:.0f} img/s" for r in runs]
     ax.barh(range(len(runs)), accs, color="tab:blue")
     for i, acc in enumerate(accs):
         ax.text(acc, i, f" {acc:.3f}", va="center")
     ax.set_yticks(range(len(runs)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, min(1.0, max(accs) * 1.2 + 0.05))
-    ax.set_xlabel("test accuracy")
+    top = max(accs) * 1.2 + 0.05
+    ax.set_xlim(0, min(1.0, top) if max(accs) <= 1 else top)  # fractions end at 1
+    ax.set_xlabel(label)
     fig.tight_layout()
     return fig
 
 
-def accuracy_vs_macs(runs: list[RunRecord]) -> Figure:
-    """Test accuracy against multiply-adds per image (log scale), one labelled point per run; 900×600 px."""
+def accuracy_vs_macs(runs: list[RunRecord], key: str = "acc", label: str = "test accuracy") -> Figure:
+    """Test value `key` (accuracy) against multiply-adds per image (log scale), one labelled point per run; 900×600 px."""
     fig = Figure(figsize=(9, 6), dpi=100)
     ax = fig.add_subplot()
     for r in runs:
-        macs, acc = r.summary["macs"], r.value("test/acc")
+        macs, acc = r.summary["macs"], r.value(f"test/{key}")
         ax.scatter(macs, acc, s=30)
         ax.annotate(r.label, (macs, acc), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("MACs per image (multiply-adds = FLOPs / 2), log scale")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(label)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
@@ -123,36 +125,49 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
         write_atomic(out / name, lambda tmp: fig.savefig(tmp, format="png"))
         md.extend([f"## {caption}\n", f"![{caption}]({name})\n"])
 
-    classifiers = [r for r in runs if any("train/acc" in row for row in r.history)]
-    gans = [r for r in runs if any("train/loss/G" in row for row in r.history)]
-    if classifiers:
-        figure("curves.png", curves_figure(classifiers, CURVES), "Loss and accuracy per epoch")
-        tested = [r for r in classifiers if r.value("test/acc") is not None]
-        if tested:
-            figure("test_accuracy.png", accuracy_bars(tested), "Final test accuracy")
-        counted = [r for r in tested if r.summary.get("macs")]
-        if counted:
-            figure("accuracy_vs_macs.png", accuracy_vs_macs(counted), "Test accuracy against MACs per image")
-        fields = [(r, _own_png(r.path / "effective_field.png")) for r in tested]
-        if any(png for _, png in fields):
-            md += ["## Effective receptive fields\n", "Mean |∂ centre unit / ∂ input| of each run's last spatial layer over 32 test images, after training.\n"]
-            md += ["| run | test accuracy | effective receptive field |", "|---|---|---|"]
-            for i, (r, png) in enumerate(fields):
-                if png:
-                    write_atomic(out / f"field_{i}.png", lambda tmp, png=png: shutil.copyfile(png, tmp))
-                    md.append(f"| `{r.label}` | {r.value('test/acc'):.3f} | ![field](field_{i}.png) |")
-            md.append("")
-        best = max((r for r in tested if r.summary["test"].get("confusion")), key=lambda r: r.value("test/acc"), default=None)
-        if best:
-            names = list(best.summary["test"].get("per_class_acc") or {}) or [str(i) for i in range(len(best.summary["test"]["confusion"]))]
-            figure("confusion.png", confusion_figure(torch.tensor(best.summary["test"]["confusion"]), names), f"Confusion matrix of the best run ({best.label})")
-    if gans:
-        figure("gan_curves.png", curves_figure(gans, GAN_CURVES), "GAN losses and discriminator outputs per epoch")
-        for i, r in enumerate(gans):
-            grid = _last_grid(r)
-            if grid:
-                write_atomic(out / f"samples_{i}.png", lambda tmp, grid=grid: shutil.copyfile(grid, tmp))
-                md.append(f"### Last samples: {r.label} ({grid.stem.replace('_', ' ')})\n\n![samples](samples_{i}.png)\n")
+    for task in task_classes(runs):  # each task's own curves, test figures and samples, as its class declares them
+        spec = task.report
+        keys = {key for key, _ in spec.curves}
+        drawn = [r for r in runs if r.task is task and any(keys & row.keys() for row in r.history)]
+        if drawn:
+            figure(spec.curves_png or f"{task.__name__.lower()}_curves.png", curves_figure(drawn, spec.curves), spec.caption)
+            if spec.test_metric:
+                _test_figures(drawn, spec.test_metric, figure, md, out)
+            if task.samples:
+                _samples(drawn, md, out)
     path = out / "report.md"
     write_atomic(path, lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
     return path
+
+
+def _test_figures(runs: list[RunRecord], metric: tuple[str, str], figure: Callable[[str, Figure, str], None], md: list[str], out: Path) -> None:
+    """A test value (accuracy) per run, against MACs, beside each effective field, and the best run's confusion matrix."""
+    key, label = metric
+    tested = [r for r in runs if r.value(f"test/{key}") is not None]
+    if tested:
+        figure("test_accuracy.png", accuracy_bars(tested, key, label), f"Final {label}")
+    counted = [r for r in tested if r.summary.get("macs")]
+    if counted:
+        figure("accuracy_vs_macs.png", accuracy_vs_macs(counted, key, label), f"{label.capitalize()} against MACs per image")
+    fields = [(r, _own_png(r.path / "effective_field.png")) for r in tested]
+    if any(png for _, png in fields):
+        md += ["## Effective receptive fields\n", "Mean |∂ centre unit / ∂ input| of each run's last spatial layer over 32 test images, after training.\n"]
+        md += [f"| run | {label} | effective receptive field |", "|---|---|---|"]
+        for i, (r, png) in enumerate(fields):
+            if png:
+                write_atomic(out / f"field_{i}.png", lambda tmp, png=png: shutil.copyfile(png, tmp))
+                md.append(f"| `{r.label}` | {r.value(f'test/{key}'):.3f} | ![field](field_{i}.png) |")
+        md.append("")
+    best = max((r for r in tested if r.summary["test"].get("confusion")), key=lambda r: r.value(f"test/{key}"), default=None)
+    if best:
+        names = list(best.summary["test"].get("per_class_acc") or {}) or [str(i) for i in range(len(best.summary["test"]["confusion"]))]
+        figure("confusion.png", confusion_figure(torch.tensor(best.summary["test"]["confusion"]), names), f"Confusion matrix of the best run ({best.label})")
+
+
+def _samples(runs: list[RunRecord], md: list[str], out: Path) -> None:
+    """Each run's last sample grid, copied beside the report (only PNGs of the run's own)."""
+    for i, r in enumerate(runs):
+        grid = _last_grid(r)
+        if grid:
+            write_atomic(out / f"samples_{i}.png", lambda tmp, grid=grid: shutil.copyfile(grid, tmp))
+            md.append(f"### Last samples: {r.label} ({grid.stem.replace('_', ' ')})\n\n![samples](samples_{i}.png)\n")

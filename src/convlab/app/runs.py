@@ -25,12 +25,10 @@ import yaml
 from convlab.run import rundir
 from convlab.core.errors import ConvlabError
 
-# Final-epoch and test values worth a column, in this order, where any run has them.
-VALUE_COLUMNS = ("val/acc", "test/acc", "train/loss/D", "train/loss/G", "test/fid")
 STATUSES = ("ok", "failed", "interrupted", "running", "stopped")
-SUMMARY, METRICS, OVERRIDES = "summary.json", "metrics.csv", ".hydra/overrides.yaml"
+SUMMARY, METRICS, OVERRIDES, CONFIG = "summary.json", "metrics.csv", ".hydra/overrides.yaml", ".hydra/config.yaml"
 # A run writes kilobytes; a larger file is not one of its own (and YAML parsing is slow).
-MAX_BYTES = {SUMMARY: 16 << 20, METRICS: 64 << 20, OVERRIDES: 1 << 20}
+MAX_BYTES = {SUMMARY: 16 << 20, METRICS: 64 << 20, OVERRIDES: 1 << 20, CONFIG: 1 << 20}
 MAX_CLASSES = 100  # a larger confusion matrix could not be drawn in the report in reasonable time
 
 
@@ -48,6 +46,7 @@ class RunRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     label: str = ""
     problem: str = ""  # why the run is broken; empty when its files read back fine
+    task: Any = None  # the Task class that trained it (its declarations say what to show), None when unknown
 
     @property
     def status(self) -> str:
@@ -187,6 +186,47 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _config_target(run_dir: Path) -> Any:
+    """The task `_target_` the run's .hydra/config.yaml names, or None (a `task: ${gan}` link followed; no resolvers run)."""
+    try:
+        config = yaml.safe_load(_read_text(run_dir, CONFIG) or "")
+    except (BrokenRun, yaml.YAMLError, RecursionError):
+        return None
+    task = config.get("task") if isinstance(config, dict) else None
+    link = re.fullmatch(r"\$\{(\w+)\}", task) if isinstance(task, str) else None
+    if link:
+        task = config.get(link.group(1))
+    return task.get("_target_") if isinstance(task, dict) else None
+
+
+def known_tasks() -> list[type]:
+    """The Task classes conf/ names and the user trusts (CONVLAB_TRUST_TARGETS), by target name."""
+    from convlab.run import trust
+    from convlab.tasks.base import task_class
+
+    classes = (task_class(t) for t in sorted(trust.conf_targets()["task"] | trust.user_targets()))
+    return [cls for cls in classes if cls is not None]
+
+
+def task_of(run_dir: Path, history: list[dict[str, float]]) -> type | None:
+    """The Task class that trained a run: the one its config names where trusted, else the one whose marker column its metrics hold."""
+    from convlab.run import trust
+    from convlab.tasks.base import task_class
+
+    target = _config_target(run_dir)
+    named = task_class(target) if trust.allowed("task", target) else None  # a run folder's config imports only trusted modules
+    if named is not None:
+        return named
+    columns = {k for row in history for k in row}
+    return next((cls for cls in known_tasks() if cls.report.marker in columns), None)
+
+
+def task_classes(runs: list[RunRecord]) -> list[type]:
+    """The Task classes of `runs`, each once, ordered by target name (so classifiers come before GANs)."""
+    found = {f"{r.task.__module__}.{r.task.__qualname__}": r.task for r in runs if r.task is not None}
+    return [found[name] for name in sorted(found)]
+
+
 def read_run(run_dir: Path) -> RunRecord:
     """The run in `run_dir`; one whose files cannot be read or make no sense comes back broken, saying why."""
     overrides: dict[str, str] = {}
@@ -195,7 +235,8 @@ def read_run(run_dir: Path) -> RunRecord:
         summary = _summary(run_dir)
         if summary.get("status") == "running" and not rundir.is_locked(run_dir):
             summary |= {"status": "interrupted", "error": rundir.GONE}  # killed, or a machine that went down
-        return RunRecord(run_dir, overrides, summary, _history(run_dir))
+        history = _history(run_dir)
+        return RunRecord(run_dir, overrides, summary, history, task=task_of(run_dir, history))
     except BrokenRun as e:
         return RunRecord(run_dir, overrides, {}, problem=" ".join(str(e).split()))
 
@@ -260,7 +301,8 @@ def table(runs: list[RunRecord]) -> list[dict[str, str]]:
     """One row per run: job, differing overrides, status, best and final values, test values, cost."""
     keys = differing_keys(runs)
     best_name = next((r.summary["best"]["metric"] for r in runs if r.summary.get("best")), "best")
-    values = [c for c in VALUE_COLUMNS if any(r.value(c) is not None for r in runs)]
+    columns = dict.fromkeys(c for task in task_classes(runs) for c in task.report.columns)  # final-epoch and test values
+    values = [c for c in columns if any(r.value(c) is not None for r in runs)]
     rows = []
     for r in runs:
         row = {"job": r.path.name.split("_", 1)[0] if re.match(r"\d+(_|$)", r.path.name) else r.path.name}

@@ -25,6 +25,7 @@ MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+IMAGE_SIZE = 32  # every CIFAR-10 image: convlab.run.schema checks the models against it, as data.image_size elsewhere
 FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
@@ -125,13 +126,13 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ConvlabError(f"CIFAR-10 file {path} holds {found}; expected a dict with 'data' and 'labels'")
     data = d["data"]
     # Refused rather than cast: float pixels would wrap, and channels-last rows would reshape into garbage.
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE**2:
         found = f"dtype {data.dtype} and shape {data.shape}" if isinstance(data, np.ndarray) else f"type {type(data).__name__}"
         raise ConvlabError(f"CIFAR-10 file {path} holds data of {found}; expected uint8 of shape (N, 3072), one channel-major row per image")
     labels = _labels(d["labels"], path)
     if len(data) != len(labels):
         raise ConvlabError(f"CIFAR-10 file {path} has {len(data)} images but {len(labels)} labels")
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
 
 
 class CIFAR10(ImageDataset):

@@ -11,6 +11,7 @@ so epoch k is the same whether or not the run was resumed, and both shard by ran
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -57,36 +58,31 @@ def apply_crops(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tenso
     return out.permute(0, 3, 1, 2)
 
 
-class TensorLoader:
-    """Iterates (images float (B,C,H,W) normalised, labels int64 (B,)) batches over uint8 tensors.
+@dataclass(eq=False, repr=False)
+class Batches:
+    """What both loaders take: uint8 (N, C, H, W) images, int64 (N,) labels, and how to batch, augment and normalise them.
 
-    Call `set_epoch(e)` before iterating, as with DistributedSampler. With `world_size > 1`
-    every rank draws the same permutation and takes every world_size-th index from `rank`.
+    Call `set_epoch(e)` before iterating, as with DistributedSampler: epoch e's shuffle and
+    augmentation come from (seed, e).
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        shuffle: bool = False,
-        drop_last: bool = False,
-        crop_padding: int = 0,
-        flip: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.images = images.to(device)  # (N, C, H, W) uint8
-        self.labels = labels.to(device)  # (N,) int64
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.crop_padding, self.flip = crop_padding, flip
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        self.scale, self.shift = normaliser(mean, std, device)
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    _: KW_ONLY
+    mean: Sequence[float]
+    std: Sequence[float]
+    shuffle: bool = False
+    drop_last: bool = False
+    crop_padding: int = 0
+    flip: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.scale, self.shift = normaliser(self.mean, self.std, self.images.device)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised batch -> images in [0, 1]."""
@@ -95,6 +91,20 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and augmentation to produce."""
         self.epoch = epoch
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class TensorLoader(Batches):
+    """Iterates (images float (B,C,H,W) normalised, labels int64 (B,)) batches over uint8 tensors kept on `device`.
+
+    With `world_size > 1` every rank draws the same permutation and takes every world_size-th index from `rank`.
+    """
+
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        super().__post_init__()
 
     def _per_rank(self) -> int:
         return len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
@@ -140,7 +150,8 @@ class _AugmentedArray(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-class ArrayDataLoader:
+@dataclass(eq=False, repr=False, kw_only=True)
+class ArrayDataLoader(Batches):
     """The DataLoader path: the same batches as TensorLoader, built per image in `workers` processes.
 
     Worker RNGs derive from the epoch's generator, so an epoch is reproducible for a given
@@ -148,38 +159,20 @@ class ArrayDataLoader:
     disturb, the training RNG).
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        shuffle: bool = False,
-        drop_last: bool = False,
-        crop_padding: int = 0,
-        flip: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        workers: int = 1,
-        pin_memory: bool = False,
-    ) -> None:
-        self.dataset = _AugmentedArray(images, labels, crop_padding, flip, mean, std)
-        self.labels, self.batch_size, self.shuffle, self.seed, self.epoch = labels, batch_size, shuffle, seed, 0
-        self.drop_last = drop_last and len(labels) // world_size >= batch_size  # never drop the only batch
-        self.sampler = DistributedSampler(self.dataset, world_size, rank, shuffle=shuffle, seed=seed, drop_last=True) if world_size > 1 else None
-        self.workers, self.pin_memory = max(1, workers), pin_memory
-        self.scale, self.shift = normaliser(mean, std)
+    workers: int = 1
+    pin_memory: bool = False
 
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised batch -> images in [0, 1]."""
-        return denormalize(x, self.scale, self.shift)
+    def __post_init__(self) -> None:
+        self.dataset = _AugmentedArray(self.images, self.labels, self.crop_padding, self.flip, self.mean, self.std)
+        self.drop_last = self.drop_last and len(self.labels) // self.world_size >= self.batch_size  # never drop the only batch
+        shard = self.world_size > 1
+        self.sampler = DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=self.shuffle, seed=self.seed, drop_last=True) if shard else None
+        self.workers = max(1, self.workers)
+        super().__post_init__()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and augmentation to produce."""
-        self.epoch = epoch
+        super().set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
 

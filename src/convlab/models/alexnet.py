@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convlab.core.errors import ConfigError
 from convlab.models.layers import ConvBNAct
+
+WIDTHS = (64, 192, 384, 256, 256)  # the five convolutions' output channels (convlab.run.schema checks model.groups against them)
 
 
 class AlexNetLite(nn.Module):
@@ -42,9 +43,8 @@ class AlexNetLite(nn.Module):
         groups: int = 4,
     ) -> None:
         super().__init__()
-        if image_size % 8:
-            raise ConfigError(f"alexnet_lite needs an image size divisible by 8 (three 2×2 max-pools), got {image_size}")
-        c = (64, 192, 384, 256, 256)
+        assert image_size % 8 == 0, f"image size {image_size} is not divisible by 8 (convlab.run.schema refuses it)"
+        c = WIDTHS
 
         def unit(cin: int, cout: int, kind: str = conv) -> nn.Module:
             return ConvBNAct(cin, cout, 3, padding=1, bias=True, conv_impl=conv_impl, conv=kind, groups=groups)

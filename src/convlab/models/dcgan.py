@@ -7,14 +7,11 @@ import math
 import torch
 from torch import nn
 
-from convlab.core.errors import ConfigError
-
 
 def _blocks(image_size: int) -> int:
     """Stride-2 stages between 4×4 and `image_size` (4 for 64×64)."""
     n = math.log2(image_size / 4) if image_size >= 8 else 0
-    if n != int(n) or n < 1:
-        raise ConfigError(f"dcgan needs data.image_size = 4·2^k (8, 16, 32, 64, 128, ...), got {image_size}")
+    assert n == int(n) and n >= 1, f"image size {image_size} is not 4·2^k (convlab.run.schema refuses it)"
     return int(n)
 
 

@@ -6,9 +6,10 @@ import logging
 import math
 from collections.abc import Sequence
 
-from convlab.models.plain_cnn import PlainCNN
+from convlab.models.plain_cnn import KERNEL_SIZE, PlainCNN
 
 log = logging.getLogger(__name__)
+DILATIONS = (1, 2, 5)  # the default rates
 
 
 def hdc_problems(rates: Sequence[int], kernel_size: int = 3) -> list[str]:
@@ -39,7 +40,7 @@ class HDCNet(PlainCNN):
     parameter count equals PlainCNN's (dilation adds no weights).
     """
 
-    def __init__(self, num_classes: int, dilations: Sequence[int] = (1, 2, 5), kernel_size: int = 3, **kwargs) -> None:
+    def __init__(self, num_classes: int, dilations: Sequence[int] = DILATIONS, kernel_size: int = KERNEL_SIZE, **kwargs) -> None:
         super().__init__(num_classes, dilations=dilations, kernel_size=kernel_size, **kwargs)
         problems = hdc_problems(list(dilations), kernel_size)
         if problems:

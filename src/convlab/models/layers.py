@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlab.core.errors import ConfigError
-
 
 def conv2d_im2col(
     x: torch.Tensor,
@@ -57,8 +55,7 @@ class ManualConv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(self.padding, str) or self.padding_mode != "zeros":
-            raise ConfigError("the manual convolution supports integer zero padding only")
+        assert not isinstance(self.padding, str) and self.padding_mode == "zeros", "the manual convolution supports integer zero padding only"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve with the hand-written im2col kernel."""
@@ -102,8 +99,7 @@ class GroupedConv(nn.Sequential):
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> None:
-        if in_ch % groups or out_ch % groups:
-            raise ConfigError(f"model.conv=grouped with model.groups={groups}: a {in_ch} -> {out_ch} channel convolution does not split into {groups} groups; choose groups dividing both")
+        assert in_ch % groups == 0 and out_ch % groups == 0, f"a {in_ch} -> {out_ch} channel convolution does not split into {groups} groups"
         conv = conv_class(conv_impl)
         super().__init__(conv(in_ch, out_ch, kernel_size, stride, padding, dilation, groups=groups, bias=bias), nn.ChannelShuffle(groups))
 

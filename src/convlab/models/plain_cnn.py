@@ -7,8 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from convlab.core.errors import ConfigError
 from convlab.models.layers import ConvBNAct
+
+CHANNELS, KERNEL_SIZE = (32, 64, 128), 3  # the defaults (convlab.run.schema checks them when a config leaves them out)
+
+
+def out_size(image_size: int, dilations: Sequence[int], kernel_size: int = KERNEL_SIZE) -> int:
+    """The side of the last feature map: each unpadded layer shrinks it by dilation·(kernel_size - 1)."""
+    return image_size - sum(d * (kernel_size - 1) for d in dilations)
 
 
 class PlainCNN(nn.Module):
@@ -23,24 +29,19 @@ class PlainCNN(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         image_size: int = 32,
-        channels: Sequence[int] = (32, 64, 128),
+        channels: Sequence[int] = CHANNELS,
         dilations: Sequence[int] | None = None,
-        kernel_size: int = 3,
+        kernel_size: int = KERNEL_SIZE,
         conv_impl: str = "torch",
         conv: str = "standard",
         groups: int = 4,
     ) -> None:
         super().__init__()
-        # Positive ints, one rate per layer: checked by convlab.run.schema. No rates: plain 3×3 convs, however many layers.
+        # Positive ints, one rate per layer, leaving at least one pixel: checked by convlab.run.schema.
+        # No rates: plain convs, however many layers.
         channels = tuple(channels)
         dilations = (1,) * len(channels) if dilations is None else tuple(dilations)
-        # Each unpadded layer shrinks the map by dilation*(k-1); refuse configs that shrink it to nothing.
-        out_size = image_size - sum(d * (kernel_size - 1) for d in dilations)
-        if out_size < 1:
-            raise ConfigError(
-                f"model.dilations={list(dilations)} shrink a {image_size}×{image_size} input below one pixel "
-                f"({kernel_size}×{kernel_size} kernels, no padding); use smaller rates"
-            )
+        assert out_size(image_size, dilations, kernel_size) >= 1, f"model.dilations={list(dilations)} shrink a {image_size}×{image_size} input below one pixel"
         widths = (in_channels, *channels)
         # The first layer reads the image: it stays a standard convolution whatever model.conv says.
         self.features = nn.Sequential(

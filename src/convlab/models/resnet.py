@@ -7,6 +7,8 @@ from torch import nn
 
 from convlab.models.layers import ConvBNAct
 
+WIDTHS = (64, 128, 256, 512)  # the four stages' channels
+
 
 class BasicBlock(nn.Module):
     """Two 3×3 conv-BN layers plus a shortcut (1×1 conv-BN projection when the shape changes)."""
@@ -37,7 +39,7 @@ class ResNet18(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         image_size: int = 32,
-        widths: tuple[int, ...] = (64, 128, 256, 512),
+        widths: tuple[int, ...] = WIDTHS,
         conv_impl: str = "torch",
         conv: str = "standard",
         groups: int = 4,

@@ -19,10 +19,10 @@ from convlab.core import interrupts
 from convlab.run import trust
 from convlab.core.errors import ConvlabError
 from convlab.core.io import write_atomic
+from convlab.run.rundir import CKPT_DIR, LAST
 from convlab.run.schema import validate
 
 FORMAT = "convlab-checkpoint/1"
-CKPT_DIR = "checkpoints"
 # What every convlab checkpoint holds, by type; loaded files that differ are refused.
 LAYOUT = {"config": dict, "data_info": dict, "task": dict, "epoch": int, "history": list, "best": dict, "elapsed": (float, int), "rng": list, "precision": dict}
 # torch.load's advice around the reason it refused a file (the advice is to trust the file: not ours to give).
@@ -39,7 +39,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     """A .pt file as given, or `checkpoints/last.pt` inside a run directory (or its checkpoints/ folder)."""
     p = Path(path)
     if p.is_dir():
-        p = p / "last.pt" if p.name == CKPT_DIR and (p / "last.pt").exists() else p / CKPT_DIR / "last.pt"
+        p = p / LAST if p.name == CKPT_DIR and (p / LAST).exists() else p / CKPT_DIR / LAST
     if not p.is_file():  # also refuses FIFOs and devices, which could block or never end
         raise ConvlabError(f"checkpoint {path} not found (expected a .pt file or a run directory holding {CKPT_DIR}/last.pt)")
     return p

@@ -9,7 +9,6 @@ pasted back into a shell as printed, whatever the folder's name holds.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,17 +16,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from convlab.run import rundir
-from convlab.run.rundir import hydra_quote
-from convlab.run.checkpoint import CKPT_DIR, find_checkpoint, load_checkpoint, run_dir_of
+from convlab.run.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
+from convlab.run.rundir import RunDir
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.run.stopping import EarlyStop
 
 # Keys a resumed run may change: where it runs and how long this session lasts, nothing it learns from.
 MAY_CHANGE = ("device", "trainer.devices", "trainer.stop_after")
-def command(run_dir: Path | str) -> str:
-    """The shell command that continues the run in `run_dir`, quoted for both the shell and Hydra."""
-    return f"convlab train {shlex.quote('resume=' + hydra_quote(str(run_dir)))}"
 
 
 @dataclass
@@ -46,7 +41,7 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
     state = load_checkpoint(path)
     run_dir = run_dir_of(path)
     if run_dir is not None:
-        last = run_dir / CKPT_DIR / "last.pt"
+        last = RunDir(run_dir).last
         if last.exists() and not last.samefile(path):
             try:
                 newest = load_checkpoint(last)["epoch"]
@@ -62,7 +57,7 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
     if stopped and run_dir is None:  # its best weights and its test belong to the run it came from
         raise ConvlabError(f"resume={resume}: this checkpoint's run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); there is nothing to continue: score it with convlab eval ckpt={resume}")
     ended = state["epoch"] >= state["config"]["epochs"] or stopped is not None
-    finished = run_dir is not None and ended and rundir.read_summary(run_dir).get("status") == "ok"
+    finished = run_dir is not None and ended and RunDir(run_dir).read_summary().get("status") == "ok"
     return Plan(path, run_dir, state, finished)
 
 
@@ -75,7 +70,7 @@ def finished_text(p: Plan) -> str:
 
 def finished_summary(p: Plan) -> dict[str, Any]:
     """What `train` returns for a finished run: its summary as written, untouched."""
-    return rundir.read_summary(p.run_dir)  # plan() found it saying "ok"
+    return RunDir(p.run_dir).read_summary()  # plan() found it saying "ok"
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from convlab.core.errors import ConvlabError
+from convlab.core.io import write_atomic
 
 try:
     import fcntl
@@ -25,7 +27,9 @@ except ImportError:  # Windows: no flock; folders are still never reused, only c
     fcntl = None
 
 LOCK_NAME = ".convlab.lock"
-RUN_FILES = ("summary.json", "metrics.csv", "checkpoints")
+# A run folder's layout: every module names these files through RunDir, never by their spelling.
+CKPT_DIR, LAST, BEST, SUMMARY, METRICS = "checkpoints", "last.pt", "best.pt", "summary.json", "metrics.csv"
+RUN_FILES = (SUMMARY, METRICS, CKPT_DIR)
 SWEEP_FILES = ("multirun.yaml", "summary.md", "summary.csv", "optimization_results.yaml")
 # What Hydra appends to or writes by name (train.log, .hydra/) and the folders convlab writes into:
 # a symbolic link there would send a write elsewhere. convlab's own files are replaced atomically,
@@ -42,6 +46,49 @@ def hydra_quote(value: str) -> str:
         return value
     escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
     return "'" + escaped.replace("'", "\\'") + "'"
+
+
+def resume_command(folder: Path | str) -> str:
+    """The shell command that continues the run in `folder`, quoted for both the shell and Hydra."""
+    return f"convlab train {shlex.quote('resume=' + hydra_quote(str(folder)))}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's folder: where its files live, its summary.json (this is its one writer), how to continue it."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        """checkpoints/: last.pt after every epoch, best.pt when the monitored metric improves."""
+        return self.path / CKPT_DIR
+
+    @property
+    def last(self) -> Path:
+        """checkpoints/last.pt."""
+        return self.checkpoints / LAST
+
+    @property
+    def best(self) -> Path:
+        """checkpoints/best.pt."""
+        return self.checkpoints / BEST
+
+    def resume_command(self) -> str:
+        """`convlab train resume=...` for this folder, ready to paste."""
+        return resume_command(self.path)
+
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json as a dict; {} when it is missing, a link, unreadable or not an object."""
+        return read_summary(self.path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json, atomically; a folder deleted under the run is not re-created."""
+        if not self.path.is_dir():
+            raise ConvlabError(f"run folder {self.path} is gone (deleted while the run was going); its summary cannot be written")
+        # Indented, with lists of numbers kept on one line (confusion matrices stay readable).
+        text = re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", json.dumps(summary, indent=2, default=str))
+        write_atomic(self.path / SUMMARY, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def holds_run(folder: Path) -> bool:
@@ -114,7 +161,7 @@ def is_locked(folder: Path) -> bool:
 
 def read_summary(folder: Path) -> dict[str, Any]:
     """The folder's summary.json as a dict; {} when it is missing, a link, unreadable or not an object."""
-    path = folder / "summary.json"
+    path = folder / SUMMARY
     try:
         summary = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else {}
     except (OSError, ValueError):
@@ -124,13 +171,10 @@ def read_summary(folder: Path) -> dict[str, Any]:
 
 def settle(folder: Path) -> None:
     """In `folder` and its subfolders (a sweep's jobs): a summary.json that says "running" while no process holds the run becomes "interrupted"."""
-    from convlab.core.io import write_atomic
-
     for run in [folder, *(d for d in folder.iterdir() if d.is_dir())] if folder.is_dir() else []:
         summary = read_summary(run)
         if summary.get("status") == "running" and not is_locked(run):
-            summary |= {"status": "interrupted", "error": GONE}
-            write_atomic(run / "summary.json", lambda tmp, s=summary: Path(tmp).write_text(json.dumps(s, indent=2) + "\n"))
+            RunDir(run).write_summary(summary | {"status": "interrupted", "error": GONE})
 
 
 def _mkdir(folder: Path, exist_ok: bool) -> bool:
@@ -162,7 +206,7 @@ class Claim:
         """Drop the lock; if no run was written (no summary.json), remove what this start added."""
         unlock(self.folder)
         settle(self.folder)  # a sweep's jobs stopped with it (Ctrl-C under a parallel launcher, say)
-        if not self.folder.is_dir() or (self.folder / "summary.json").exists() or holds_sweep(self.folder):
+        if not self.folder.is_dir() or (self.folder / SUMMARY).exists() or holds_sweep(self.folder):
             return  # a run (or a sweep's jobs) was written: keep everything
         if self.created:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -199,8 +243,6 @@ def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
         if LOCK_NAME not in before:
             (folder / LOCK_NAME).unlink(missing_ok=True)
         what = "a sweep" if sweep else "a run"
-        from convlab.run.resume import command
-
-        hint = "choose another hydra.sweep.dir" if sweep else f"continue it with: {command(folder)}, or choose another folder"
+        hint = "choose another hydra.sweep.dir" if sweep else f"continue it with: {resume_command(folder)}, or choose another folder"
         raise ConvlabError(f"{folder} already holds {what}; a new one would overwrite it: {hint}")
     return Claim(folder, created, before)

@@ -1,4 +1,4 @@
-"""All run output in one place: TensorBoard, metrics.csv, summary.json, figures, progress, log lines.
+"""All run output but summary.json (rundir.RunDir writes it) in one place: TensorBoard, metrics.csv, figures, progress, log lines.
 
 Only the main process writes (rank 0 under DDP); elsewhere every method is a no-op, so
 callers never check ranks.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import logging
 import math
 import re
@@ -51,12 +50,6 @@ def _fmt(key: str, v: Any) -> str:
     if isinstance(v, float):
         return f"{key} " + (f"{v:.3e}" if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5) else f"{v:.4f}")
     return f"{key} {v}"
-
-
-def _json(obj: Any) -> str:
-    """Indented JSON with lists of numbers kept on one line (confusion matrices stay readable)."""
-    text = json.dumps(obj, indent=2, default=str)
-    return re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 def _critical(method: Callable) -> Callable:
@@ -188,12 +181,6 @@ class RunLogger:
         for summary in hparams_summary(clean, finite):
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        """summary.json: the run's final numbers and status."""
-        if self.enabled:
-            text = _json(summary)
-            write_atomic(self.out_dir / "summary.json", lambda tmp: Path(tmp).write_text(text + "\n"))
 
     @_critical
     def close(self) -> None:

@@ -16,18 +16,17 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig
 
-from convlab.run import distributed, resume, rundir
+from convlab.run import distributed, resume
+from convlab.run.prepare import Prepared, prepare_config
+from convlab.run.rundir import RunDir, resume_command
 
 from convlab.core import interrupts
-from convlab.core.io import remove_stale_temp_files
-from convlab.run.checkpoint import CKPT_DIR
 from convlab.core.build import build, resolve_device, to_dict
 from convlab.core.errors import ConfigError, ConvlabError
-from convlab.run.schema import validate
 from convlab.run.runlog import RunLogger, flatten
 from convlab.core.perf import Precision, keep_freed_memory, resolve_speed_settings
 from convlab.tasks.base import Task, numbers_only
-from convlab.run.trainer import Trainer
+from convlab.run.trainer import Trainer, TrainerSettings
 
 log = logging.getLogger("convlab")
 
@@ -63,37 +62,32 @@ class Run:
     logger: RunLogger
     state: dict[str, Any] | None
     macs: int | None = None  # multiply-adds of one image's forward pass (classifiers)
+    run_dir: RunDir | None = None  # where this process writes summary.json (None: it writes nothing)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json, from the process that writes the run's files."""
+        if self.run_dir is not None:
+            self.run_dir.write_summary(summary)
 
 
-def setup(cfg: DictConfig, write: bool = True, plan: resume.Plan | None = None) -> Run:
-    """Build data, task, logger and trainer from a composed config (continuing its checkpoint with resume=).
+def setup(job: DictConfig | Prepared, write: bool = True) -> Run:
+    """Build data, task, logger and trainer for a prepared run (or a composed config, prepared here).
 
-    Every value is validated first (a resumed config too: it comes from a file). With `write`, the
-    run folder is locked for this process and may not already hold another run. Under torchrun
-    (WORLD_SIZE > 1) each process trains on its shard of every epoch with DistributedDataParallel;
-    `batch_size` is the global batch, split evenly over the processes.
+    With `write`, the run folder is locked for this process and may not already hold another run.
+    Under torchrun (WORLD_SIZE > 1) each process trains on its shard of every epoch with
+    DistributedDataParallel; `batch_size` is the global batch, split evenly over the processes.
     """
-    state = None
-    if cfg.get("resume"):
-        plan = plan or resume.plan(cfg.resume)
-        cfg, state = resume.resume_config(cfg, plan), plan.state
-    validate(cfg)
     rank, local_rank, world_size = distributed.world()
-    out_dir = Path(cfg.out_dir)
-    if write and rank == 0:
-        if state is None and rundir.holds_run(out_dir):
-            raise ConvlabError(f"{out_dir} already holds a run; a new one would overwrite it: continue it with {resume.command(out_dir)}, or choose another folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rundir.check_links(out_dir)
-        rundir.lock(out_dir)
-        removed = remove_stale_temp_files(out_dir / CKPT_DIR) + remove_stale_temp_files(out_dir)
-        if removed:
-            log.info("removed %d temporary file(s) left by an interrupted write in %s", removed, out_dir)
+    owned = not isinstance(job, Prepared)
+    if owned:
+        job = prepare_config(job, write=write and rank == 0)
+    if job.removed_temp_files:
+        log.info("removed %d temporary file(s) left by an interrupted write in %s", job.removed_temp_files, job.cfg.out_dir)
     try:
-        return _assemble(cfg, state, plan, out_dir, write, rank, local_rank, world_size)
+        return _assemble(job, write, rank, local_rank, world_size)
     except BaseException:  # a failed start leaves no lock behind (a notebook's process lives on)
-        if write and rank == 0:
-            rundir.unlock(out_dir)
+        if owned:
+            job.release()
         raise
 
 
@@ -106,9 +100,9 @@ def _fp16_refusal(task: dict[str, Any]) -> str:
     return cls.fp16_refusal(task) if issubclass(cls, Task) else ""
 
 
-def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan | None, out_dir: Path, write: bool,
-              rank: int, local_rank: int, world_size: int) -> Run:  # fmt: skip
+def _assemble(job: Prepared, write: bool, rank: int, local_rank: int, world_size: int) -> Run:
     """setup()'s building, once the folder is checked and locked: device, data, task, logger, trainer."""
+    cfg, state, out_dir = job.cfg, job.plan.state if job.plan else None, Path(job.cfg.out_dir)
     device = resolve_device(cfg.device, local_rank if world_size > 1 else None)
     if device.type == "cpu":
         keep_freed_memory()
@@ -141,44 +135,42 @@ def _assemble(cfg: DictConfig, state: dict[str, Any] | None, plan: resume.Plan |
     logger = RunLogger(out_dir, enabled=write and rank == 0, purge_step=state["epoch"] * steps_per_epoch + 1 if state else None)
     try:
         meta = {"config": config, "data_info": dataclasses.asdict(info)}
-        trainer = Trainer(
-            task, loaders, logger, device, cfg.epochs, out_dir, meta,
-            log_every=cfg.trainer.log_every, eval_every=cfg.trainer.eval_every, memory_format=memory_format,
-            stop_after=cfg.trainer.stop_after, limit_train_batches=cfg.trainer.limit_train_batches,
-            early_stop=config["trainer"].get("early_stop"), rank=rank, world_size=world_size, save=write,
-        )  # fmt: skip
+        settings = TrainerSettings.from_config(cfg, memory_format=memory_format, rank=rank, world_size=world_size, save=write)
+        trainer = Trainer(task, loaders, logger, device, RunDir(out_dir), meta, settings)
         if state:
             try:
                 trainer.restore(state)
             except ConvlabError as e:
-                raise ConvlabError(f"checkpoint {plan.checkpoint}: {e}") from None
+                raise ConvlabError(f"checkpoint {job.plan.checkpoint}: {e}") from None
             log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
-            if plan.run_dir is None:
-                log.info("%s is not inside a run folder: a new run in %s branches from it", plan.checkpoint, out_dir)
+            if job.plan.run_dir is None:
+                log.info("%s is not inside a run folder: a new run in %s branches from it", job.plan.checkpoint, out_dir)
     except BaseException:
         logger.close()  # its event file's writer thread, in a process that lives on
         raise
-    return Run(cfg, device, data, loaders, task, trainer, logger, state, macs)
+    return Run(cfg, device, data, loaders, task, trainer, logger, state, macs, RunDir(out_dir) if logger.enabled else None)
 
 
-def train(cfg: DictConfig, command: str | None = None, plan: resume.Plan | None = None) -> dict[str, Any]:
+def train(job: DictConfig | Prepared, command: str | None = None) -> dict[str, Any]:
     """Run one training job; returns the summary also written to summary.json.
 
-    `command` is what the user typed, for the run's TensorBoard text and summary; `plan` a resume
-    the caller has already checked (else `cfg.resume` is planned here). Resuming a
+    `job` is a prepared run (`run.prepare`), or a composed config, prepared (and released) here.
+    `command` is what the user typed, for the run's TensorBoard text and summary. Resuming a
     finished run (or one that stopped early) changes nothing and returns its summary. However the
     job ends (Ctrl-C, SIGTERM, an error), summary.json is left saying so, never "running".
     """
     with interrupts.handled():  # SIGTERM (SLURM's time limit, docker stop, kill) ends the run like Ctrl-C
-        plan = plan or (resume.plan(cfg.resume) if cfg.get("resume") else None)
-        if plan and plan.finished:
-            log.info("%s; nothing to do", resume.finished_text(plan))
-            return resume.finished_summary(plan)
-        run = setup(cfg, plan=plan)
+        owned = not isinstance(job, Prepared)
+        if owned:
+            job = prepare_config(job, write=distributed.world()[0] == 0)
         try:
-            return _run(run, plan, command or _hydra_command())
+            if job.finished:
+                log.info("%s; nothing to do", resume.finished_text(job.plan))
+                return resume.finished_summary(job.plan)
+            return _run(setup(job), job.plan, command or _hydra_command())
         finally:
-            rundir.unlock(Path(run.cfg.out_dir))
+            if owned:
+                job.release()
 
 
 def _hydra_command() -> str:
@@ -214,10 +206,10 @@ def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         ended = {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch}
-        if (trainer.ckpt_dir / "last.pt").is_file():
-            ended["resume"] = resume.command(cfg.out_dir)
+        if RunDir(Path(cfg.out_dir)).last.is_file():
+            ended["resume"] = resume_command(cfg.out_dir)
         with contextlib.suppress(Exception):  # a full disk may refuse this too; the error itself still reaches the user
-            run.logger.write_summary(summary | ended)
+            run.write_summary(summary | ended)
         with contextlib.suppress(Exception):
             run.logger.close()
         raise
@@ -226,7 +218,7 @@ def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
 def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     """Train, test and write the final summary and hparams."""
     cfg, trainer, logger, task = run.cfg, run.trainer, run.logger, run.task
-    logger.write_summary(summary)
+    run.write_summary(summary)
     sizes = " / ".join(f"{len(run.loaders[s].labels)} {s}" for s in ("train", "val", "test"))
     n = torch.get_num_threads()
     threads = f" ({n} thread{'s' * (n != 1)})" if run.device.type == "cpu" else ""
@@ -238,8 +230,8 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     checksums = trainer.checksums
     final = trainer.history[-1] if trainer.history else {}
     if trainer.stopped:
-        summary |= {"status": "stopped", "epochs": trainer.epoch, "best": trainer.best, "final": final, "resume": resume.command(cfg.out_dir)}
-        logger.write_summary(summary)
+        summary |= {"status": "stopped", "epochs": trainer.epoch, "best": trainer.best, "final": final, "resume": resume_command(cfg.out_dir)}
+        run.write_summary(summary)
         logger.close()
         log.info("stopped after epoch %d of %d (trainer.stop_after); continue with: %s", trainer.epoch, cfg.epochs, summary["resume"])
         return summary
@@ -263,7 +255,7 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     }
     scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}
     logger.log_hparams(hparams_of(trainer.meta["config"]), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
-    logger.write_summary(summary)
+    run.write_summary(summary)
     logger.close()
     best = trainer.best
     best_text = "" if best["value"] is None else f"  (best {best['metric']} {best['value']:.4f} at epoch {best['epoch']})"

@@ -18,9 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from convlab.core.errors import ConfigError
-from convlab.data.base import check_batch_fits, val_size
-from convlab.models.layers import CONV_IMPLS, CONV_KINDS
 from convlab.core.perf import PRECISIONS
+from convlab.data import cifar10
+from convlab.data.base import check_batch_fits, val_size
+from convlab.models import alexnet, hdc, plain_cnn, resnet
+from convlab.models.layers import CONV_IMPLS, CONV_KINDS
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 LOADERS = ("auto", "device", "dataloader")
@@ -172,6 +174,8 @@ TRAIN: dict[str, Check] = {
     "model.groups": integer(1),
     "model.channels": positive_ints,
     "model.dilations": positive_ints,
+    "model.widths": positive_ints,
+    "model.kernel_size": integer(1),
     "model.hidden": integer(1),
     "model.dropout": fraction,
     "model.z_dim": integer(1),
@@ -196,12 +200,21 @@ SAMPLE = {"ckpt": string, "device": device, "n": integer(1), "seed": seed, "inte
 INSPECT = TRAIN | {"ckpt": optional(string), "out": string, "erf_images": integer(1)}
 RULES = {"train": TRAIN, "bench": BENCH, "eval": EVAL, "sample": SAMPLE, "inspect": INSPECT}
 
-# Models that take only some image sizes: (test, what is allowed). The constructors check again,
-# because a dataset without data.image_size (cifar10) reveals its size only once it is loaded.
+# Models that take only some image sizes: (test, what is allowed). The size is data.image_size, or fixed by the
+# dataset (FIXED_SIZES); the constructors assert the rule for a dataset of the user's own, known only once loaded.
 IMAGE_SIZES: dict[str, tuple[Callable[[int], bool], str]] = {
     "convlab.models.dcgan.DCGAN": (lambda s: s >= 8 and s & (s - 1) == 0, "4·2^k (8, 16, 32, 64, 128, ...)"),
     "convlab.models.alexnet.AlexNetLite": (lambda s: s % 8 == 0, "a multiple of 8 (three 2×2 max-pools)"),
 }
+FIXED_SIZES = {"convlab.data.cifar10.CIFAR10": cifar10.IMAGE_SIZE}
+UNPADDED = ("convlab.models.plain_cnn.PlainCNN", "convlab.models.hdc.HDCNet")  # each layer shrinks the map
+# What a shipped model uses for a setting its config leaves out: the rules below check those values too.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "convlab.models.plain_cnn.PlainCNN": {"model.channels": plain_cnn.CHANNELS, "model.dilations": None, "model.kernel_size": plain_cnn.KERNEL_SIZE},
+    "convlab.models.hdc.HDCNet": {"model.channels": plain_cnn.CHANNELS, "model.dilations": hdc.DILATIONS, "model.kernel_size": plain_cnn.KERNEL_SIZE},
+    "convlab.models.resnet.ResNet18": {"model.widths": resnet.WIDTHS},
+}
+FIXED_WIDTHS = {"convlab.models.alexnet.AlexNetLite": alexnet.WIDTHS}  # channel counts no setting changes
 
 
 def refuse(key: str, value: Any, allowed: str, context: str = "") -> ConfigError:
@@ -242,14 +255,43 @@ def _numbers_only(get: Callable[[str], Any], group: str) -> None:
             raise refuse(f"{group}.{key}", value, "expected a number (or true/false, or a list of numbers)")
 
 
+def _model_setting(get: Callable[[str], Any], key: str) -> Any:
+    """`key` (model.*) from the config, else the shipped model's default (DEFAULTS); _ABSENT when neither has it."""
+    value = get(key)
+    value = DEFAULTS.get(get("model._target_"), {}).get(key, _ABSENT) if value is _ABSENT else value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _model_fits(get: Callable[[str], Any]) -> None:
+    """The model's channels split into model.groups, and it takes the data's image size."""
+    model, name, groups = get("model._target_"), get("model.name"), get("model.groups")
+    if get("model.conv") == "grouped" and groups is not _ABSENT:
+        counts = [(f"{key}=", _model_setting(get, key)) for key in ("model.channels", "model.widths")]
+        counts += [(f"model={name}'s widths ", list(FIXED_WIDTHS[model]))] if model in FIXED_WIDTHS else []
+        for what, values in counts:
+            if values is not _ABSENT and any(c % groups for c in values):
+                raise refuse("model.groups", groups, f"a number dividing every one of {what}{values} (model.conv=grouped splits each convolution's channels)")
+    size = get("data.image_size")
+    size = FIXED_SIZES.get(get("data._target_"), _ABSENT) if size is _ABSENT else size
+    if size is _ABSENT:  # a dataset of the user's own: its size is known once it is loaded (the constructors assert)
+        return
+    if model in IMAGE_SIZES and not IMAGE_SIZES[model][0](size):
+        raise refuse("data.image_size", size, f"expected {IMAGE_SIZES[model][1]}", f"model={name}")
+    if model in UNPADDED:
+        k, rates = _model_setting(get, "model.kernel_size"), _model_setting(get, "model.dilations")
+        rates = [1] * len(_model_setting(get, "model.channels")) if rates is None else rates
+        if plain_cnn.out_size(size, rates, k) < 1:
+            raise ConfigError(f"model.dilations={rates} shrink a {size}×{size} input below one pixel ({k}×{k} kernels, no padding); use smaller rates")
+
+
 def _train_combinations(get: Callable[[str], Any]) -> None:
     """Values that are each fine but cannot train together, in the order a user would fix them."""
     batch, devices = get("batch_size"), get("trainer.devices")
     momentum, dampening = get("optim.momentum"), get("optim.dampening")  # torch's SGD defaults: 0 and 0
     if get("optim.nesterov") is True and (momentum in (_ABSENT, 0) or dampening not in (_ABSENT, 0)):
         raise refuse("optim.nesterov", True, "expected optim.momentum > 0 and optim.dampening=0 with it (torch refuses Nesterov otherwise)")
-    channels, dilations = get("model.channels"), get("model.dilations")
-    if channels is not _ABSENT and dilations is not _ABSENT and len(dilations) != len(channels):
+    channels, dilations = _model_setting(get, "model.channels"), _model_setting(get, "model.dilations")
+    if channels is not _ABSENT and dilations not in (_ABSENT, None) and len(dilations) != len(channels):
         raise refuse("model.dilations", dilations, f"expected a list of {len(channels)} positive integers (one per model.channels entry)")
     if get("task._target_") == GAN_TASK:
         mean, std = ([0.5] * CHANNELS if v is _ABSENT else v for v in (get("data.mean"), get("data.std")))  # ImageDataset's default
@@ -267,15 +309,7 @@ def _train_combinations(get: Callable[[str], Any]) -> None:
             raise refuse("batch_size", batch, "expected at least 2 images per process (the generator's BatchNorm cannot train on one)", "a GAN")
         if get("trainer.early_stop.patience") not in (_ABSENT, None) and get("gan.fid_every") == 0:
             raise refuse("trainer.early_stop.patience", get("trainer.early_stop.patience"), "a GAN stops early on val/fid: set gan.fid_every=N (and install convlab[fid]), or drop it", "gan.fid_every=0")
-    groups = get("model.groups")
-    if get("model.conv") == "grouped":  # the fixed widths (ResNet's defaults, AlexNet's) split into any groups dividing 64; their constructors check
-        for key in ("model.channels", "model.widths"):
-            counts = get(key)
-            if counts is not _ABSENT and any(c % groups for c in counts):
-                raise refuse("model.groups", groups, f"a number dividing every one of {key}={counts} (model.conv=grouped splits each convolution's channels)")
-    size, model = get("data.image_size"), get("model._target_")
-    if model in IMAGE_SIZES and size is not _ABSENT and not IMAGE_SIZES[model][0](size):
-        raise refuse("data.image_size", size, f"expected {IMAGE_SIZES[model][1]}", f"model={get('model.name')}")
+    _model_fits(get)
     if devices > 1 and batch % devices:
         raise refuse("batch_size", batch, f"expected a multiple of {devices} (batch_size is the global batch)", f"trainer.devices={devices}")
     num_train, val_fraction = get("data.num_train"), get("data.val_fraction")

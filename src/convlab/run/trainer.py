@@ -6,16 +6,19 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 from convlab.core import interrupts
-from convlab.core.io import copy_atomic
-from convlab.run.checkpoint import CKPT_DIR, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from convlab.run.distributed import all_reduce, gather
+from convlab.core.build import to_dict
 from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.io import copy_atomic
+from convlab.run.rundir import RunDir
+from convlab.run.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from convlab.run.distributed import all_reduce, gather
 from convlab.run.runlog import RunLogger
 from convlab.run.stopping import EarlyStop
 from convlab.tasks.base import Task
@@ -41,8 +44,37 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The training loop's run-wide settings: the config's `epochs` and `trainer` section, and this process's place."""
+
+    epochs: int
+    log_every: int = 50  # steps between reads of the device (progress bar, step curves)
+    eval_every: int = 1  # epochs between validation passes
+    memory_format: torch.memory_format = torch.contiguous_format  # of the images fed to the models
+    stop_after: int | None = None  # end the session after this many epochs, for resume= to continue
+    limit_train_batches: int | None = None  # train on each epoch's first N batches only
+    early_stop: dict[str, Any] | None = None  # trainer.early_stop as configured (patience, min_delta)
+    rank: int = 0
+    world_size: int = 1
+    save: bool = True  # write checkpoints (rank 0 only); off for runs built only to be timed
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, *, memory_format: torch.memory_format = torch.contiguous_format, rank: int = 0, world_size: int = 1, save: bool = True
+    ) -> TrainerSettings:
+        """From a composed config plus what it cannot say: the device's memory format, the process's rank and world size, whether to write."""
+        t = cfg.trainer
+        return cls(
+            epochs=cfg.epochs, log_every=t.log_every, eval_every=t.eval_every, memory_format=memory_format,
+            stop_after=t.stop_after, limit_train_batches=t.limit_train_batches,
+            early_stop=to_dict(t.get("early_stop")),  # absent in configs saved before it existed
+            rank=rank, world_size=world_size, save=save,
+        )  # fmt: skip
+
+
 class Trainer:
-    """Runs `task` for `epochs` over the loaders; evaluates, logs and checkpoints after each epoch.
+    """Runs `task` for `settings.epochs` over the loaders; evaluates, logs and checkpoints after each epoch.
 
     `meta` (the config, the data's shape) goes into every checkpoint, so `convlab eval`
     and `convlab sample` can rebuild the run from the checkpoint alone. Every `log_every` steps the
@@ -51,42 +83,29 @@ class Trainer:
     """
 
     def __init__(
-        self,
-        task: Task,
-        loaders: dict[str, Any],
-        logger: RunLogger,
-        device: torch.device,
-        epochs: int,
-        out_dir: Path,
-        meta: dict[str, Any],
-        log_every: int = 50,
-        eval_every: int = 1,
-        memory_format: torch.memory_format = torch.contiguous_format,
-        stop_after: int | None = None,
-        limit_train_batches: int | None = None,
-        early_stop: dict[str, Any] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        save: bool = True,
+        self, task: Task, loaders: dict[str, Any], logger: RunLogger, device: torch.device, run_dir: RunDir, meta: dict[str, Any], settings: TrainerSettings
     ) -> None:
         self.task, self.loaders, self.logger, self.device = task, loaders, logger, device
-        self.memory_format, self.stop_after, self.limit_train_batches = memory_format, stop_after, limit_train_batches
-        self.epochs, self.log_every, self.eval_every = epochs, log_every, eval_every
-        self.ckpt_dir, self.meta, self.save = Path(out_dir) / CKPT_DIR, meta, save
+        self.settings, self.run_dir, self.meta = settings, run_dir, meta
         # Under DDP every rank trains on its shard; rank 0 alone evaluates, logs and saves.
-        self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
+        self.is_main = settings.rank == 0
         self.epoch, self.history, self.elapsed = 0, [], 0.0
-        self.steps_per_epoch = min(len(loaders["train"]), limit_train_batches or len(loaders["train"]))
+        self.steps_per_epoch = min(len(loaders["train"]), settings.limit_train_batches or len(loaders["train"]))
         self.stopped = False  # the session ended at stop_after
         metric, mode = task.monitor
         self.best: dict[str, Any] = {"metric": f"val/{metric}", "mode": mode, "value": None, "epoch": None}
-        self.early_stop = EarlyStop.from_config(early_stop, self.best["metric"], mode)  # trainer.early_stop: the settings
+        self.early_stop = EarlyStop.from_config(settings.early_stop, self.best["metric"], mode)
         if self.early_stop.patience and not task.monitor_available:
             raise ConfigError(f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric {self.early_stop.metric}, which this run does not compute; drop it")
         self.early_stopped: dict[str, Any] | None = None  # when and why the run stopped early
         self.tested: dict[str, Any] = {}  # which weights the test pass used
         self.checksums: list[float] | None = None  # each rank's parameter sum after training (DDP)
         task.attach(loaders)
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train the run, one shard each."""
+        return self.settings.world_size
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, optimizers, schedules, RNGs, history, best, time."""
@@ -98,7 +117,7 @@ class Trainer:
         rngs = state["rng"]  # one per rank; a run resumed on another number of processes takes rank 0's
         if not rngs:
             raise ConvlabError("the checkpoint's random-number state is malformed (expected one entry per process)")
-        set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
+        set_rng_state(rngs[self.settings.rank] if len(rngs) == self.world_size else rngs[0])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best, self.elapsed = dict(state["best"]), state["elapsed"]
 
@@ -113,15 +132,15 @@ class Trainer:
             self._log_real_images()
         first = self.epoch
         self.early_stopped = self._stop_verdict()  # a resumed run that had already stopped goes straight to its test
-        for epoch in range(self.epoch + 1, self.epochs + 1):
+        for epoch in range(self.epoch + 1, self.settings.epochs + 1):
             if self.early_stopped:
                 break
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.task.scalars()}
-            train_metrics, perf = self.train_epoch(epoch, max_steps=self.limit_train_batches)
+            train_metrics, perf = self.train_epoch(epoch, max_steps=self.settings.limit_train_batches)
             row |= _prefixed("train", train_metrics)
             images: dict[str, torch.Tensor] = {}
-            if self.is_main and (epoch % self.eval_every == 0 or epoch == self.epochs):
+            if self.is_main and (epoch % self.settings.eval_every == 0 or epoch == self.settings.epochs):
                 val = self.task.evaluate(self._on_device("val"))
                 images = val.pop("images", {})
                 row |= _prefixed("val", val)
@@ -131,12 +150,13 @@ class Trainer:
             # after the checkpoint (RunLogger's purge_step), and no Ctrl-C may leave an epoch's row without it.
             with interrupts.critical():
                 self.history.append(row)
-                self.logger.log_epoch(epoch, self.epochs, row, self.history)
+                self.logger.log_epoch(epoch, self.settings.epochs, row, self.history)
                 self.logger.log_images(images, epoch, per_epoch=True)
                 self.epoch = epoch
                 self._checkpoint(self._improved(row))
             self.early_stopped = self._stop_verdict()
-            if not self.early_stopped and self.stop_after and epoch - first >= self.stop_after and epoch < self.epochs:
+            stop_after = self.settings.stop_after
+            if not self.early_stopped and stop_after and epoch - first >= stop_after and epoch < self.settings.epochs:
                 self.stopped = True
                 return {}
         self.checksums = self.replica_checksums() if self.world_size > 1 else None  # of the trained weights, before best.pt's
@@ -163,7 +183,7 @@ class Trainer:
 
     def _restore_best(self) -> dict[str, Any]:
         """The best checkpoint's weights back in place for the test pass; what was tested, for summary.json."""
-        best = self.ckpt_dir / "best.pt"
+        best = self.run_dir.best
         try:
             state = load_checkpoint(best)  # this run's own file, but read through the same checks as any
             self.task.load_state_dict(state["task"])
@@ -180,7 +200,7 @@ class Trainer:
         self.logger.log_images({"real": loader.denormalize(x)}, 0, per_epoch=False)
 
     def _on_device(self, split: str) -> Iterator[tuple[torch.Tensor, ...]]:
-        return batches_on(self.loaders[split], self.device, self.memory_format)
+        return batches_on(self.loaders[split], self.device, self.settings.memory_format)
 
     def train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[dict[str, float], dict[str, float]]:
         """One pass over the train loader (or its first `max_steps` batches): mean metrics and timings.
@@ -197,8 +217,8 @@ class Trainer:
         seen = timed = step = 0
         last: dict[str, tuple[float, float]] = {}  # (sum, count) per key at the previous read
         start = time.perf_counter()
-        bar = self.logger.progress(loader, min(len(loader), max_steps or len(loader)), f"epoch {epoch}/{self.epochs}")
-        for step, batch in enumerate(batches_on(bar, self.device, self.memory_format), 1):
+        bar = self.logger.progress(loader, min(len(loader), max_steps or len(loader)), f"epoch {epoch}/{self.settings.epochs}")
+        for step, batch in enumerate(batches_on(bar, self.device, self.settings.memory_format), 1):
             n = batch[0].shape[0]
             out = self.task.train_step(batch)
             for key, value in out.items():
@@ -214,7 +234,7 @@ class Trainer:
             else:
                 timed += n
             # Reading a device value waits for the device: do it once per log interval, not per step.
-            if step % self.log_every == 0:
+            if step % self.settings.log_every == 0:
                 totals = self._read(sums, counts, bad_step, epoch)
                 self._log_step(epoch, step, totals, last)
                 last = totals
@@ -222,7 +242,7 @@ class Trainer:
             if step == max_steps:
                 break
         totals = self._read(sums, counts, bad_step, epoch)  # waits for the device
-        if step % self.log_every:
+        if step % self.settings.log_every:
             self._log_step(epoch, step, totals, last)  # the epoch's steps after its last full interval
         means = {k: s / c for k, (s, c) in totals.items()}
         end = time.perf_counter()
@@ -239,7 +259,7 @@ class Trainer:
         out = {k: (flat[i], flat[len(keys) + i]) for i, k in enumerate(keys)}
         if bad:
             values = ", ".join(f"train/{k} = {s / c}" for k, (s, c) in out.items() if not math.isfinite(s / c))
-            last = self.ckpt_dir / "last.pt"
+            last = self.run_dir.last
             kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch else "no checkpoint was written yet"
             raise ConvlabError(f"training diverged in epoch {epoch} at step {int(bad)}: {values}; {kept}")
         return out
@@ -266,7 +286,7 @@ class Trainer:
     def _checkpoint(self, improved: bool) -> None:
         """last.pt every epoch; best.pt whenever the monitored validation metric improved."""
         rngs = gather(rng_state())  # every rank's, so a resumed DDP run draws what it would have drawn
-        if not (self.is_main and self.save):
+        if not (self.is_main and self.settings.save):
             return
         state = {
             "epoch": self.epoch,
@@ -278,7 +298,7 @@ class Trainer:
             "elapsed": self.elapsed,
             **self.meta,
         }
-        last = self.ckpt_dir / "last.pt"
+        last = self.run_dir.last
         save_checkpoint(state, last)
         if improved:
-            copy_atomic(last, self.ckpt_dir / "best.pt")
+            copy_atomic(last, self.run_dir.best)

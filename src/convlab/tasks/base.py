@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,8 +13,10 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from convlab.core.build import build
 from convlab.core.errors import ConvlabError
 from convlab.core.perf import Precision
+from convlab.data.base import DataInfo
 
 
 ARTEFACTS = ("figures", "images")  # evaluate() keys that hold pictures, not numbers
@@ -23,27 +27,94 @@ def numbers_only(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in ARTEFACTS}
 
 
+@dataclass(frozen=True)
+class Report:
+    """What `convlab report` and the sweep tables show of a task's runs (keys as metrics.csv has them; test/... from summary.json)."""
+
+    columns: tuple[str, ...] = ("val/loss", "test/loss")  # final-epoch and test values worth a table column
+    curves: tuple[tuple[str, str], ...] = (("train/loss", "train loss"), ("val/loss", "validation loss"))  # (key, panel title) per epoch
+    curves_png: str = ""  # the curves figure's file ("": <task class>_curves.png) and its caption
+    caption: str = "Curves per epoch"
+    marker: str = ""  # a metrics.csv column only this task writes: recognises its runs when their config does not name it
+    # (key, label) of a test value where higher is better: a bar per run, against MACs per image, beside each effective
+    # receptive field, and the best run's confusion matrix (where summary.json holds one)
+    test_metric: tuple[str, str] | None = None
+
+
+def task_class(target: Any) -> type[Task] | None:
+    """The Task subclass a config's task `_target_` names, or None (import only targets that trust.allowed passes)."""
+    import hydra.utils
+
+    try:
+        cls = hydra.utils.get_class(target) if isinstance(target, str) else None
+    except Exception:  # not importable, or not a class: the caller goes on without it
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, Task) else None
+
+
 class Task(ABC):
     """Owns model(s), optimizer(s) and schedule(s); steps on a batch and evaluates a loader.
 
-    Subclasses fill `models`, `optimizers` and `schedulers` (dicts by name), so saving,
-    loading, mode switches and parameter counts work here for every task. Training steps call
-    `self.train_model(name)` (the DDP wrapper when there is one), run forward passes under
+    Subclasses take their own settings and `**run` (the parameters of `Task.__init__`, which
+    setup passes), build their models with `build_model` and register each with `add_model`, so
+    saving, loading, mode switches and parameter counts work here for every task. Training steps
+    call `self.train_model(name)` (the DDP wrapper when there is one), run forward passes under
     `self.precision.autocast()` and update through `self.precision.backward_step`.
     `monitor` names the validation metric (and "max"/"min") that picks `best.pt`.
+
+    The class attributes below declare what the commands that read runs back need (eval, sample,
+    inspect, report, sweep tables, convlab.load), so that none of them names a task.
     """
 
     monitor: tuple[str, str] = ("loss", "min")
     # TensorBoard charts (its CUSTOM SCALARS tab): title -> keys that train_step and evaluate report,
     # each drawn for train and val together per epoch and as a step curve; "val/fid" names one split only.
     charts: dict[str, list[str]] = {"loss": ["loss"]}
+    kind: str = "model"  # what one-line messages call a run of it ("classifier", "GAN")
+    main_model: str = "model"  # the key of `models` that inspect and convlab.load mean by "the" model
+    samples: bool = False  # draws images: implements generate(z) and z_dim (convlab sample; sample grids in reports)
+    inspectable: bool = False  # its main model maps images to class scores: convlab inspect can tabulate it
+    metric_names: dict[str, str] = {}  # how convlab eval prints a metric ("acc": "accuracy"); others by their key
+    report: Report = Report()
 
-    def __init__(self, precision: Precision | None = None) -> None:
+    def __init__(self, model: dict, optim: dict, sched: dict, info: DataInfo, device: torch.device,
+                 total_steps: int, steps_per_epoch: int, precision: Precision | None = None) -> None:  # fmt: skip
+        """What every task is given: its model, optim and sched configs, the data's description, the device and step counts."""
         self.precision = precision or Precision()  # autocast and loss scaling, chosen by the trainer's config
+        self.info, self.device = info, device
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.configs = {"model": model, "optim": optim, "sched": sched}
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, Optimizer] = {}
         self.schedulers: dict[str, LRScheduler] = {}
         self.wrapped: dict[str, nn.Module] = {}  # set by distribute(): what train_step calls under DDP
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's `__init__(self, settings..., **run)` shows its parent's parameters in place of `**run`.
+
+        config.build binds the config's settings against that signature, so a misspelt setting
+        stays a one-line error naming the task.
+        """
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = None  # type: ignore[attr-defined]  # not a parent's: inspect reads __init__ again
+        own = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if own and own[-1].kind is inspect.Parameter.VAR_KEYWORD:
+            names = {p.name for p in own}
+            inherited = [p for p in inspect.signature(cls.__mro__[1]).parameters.values() if p.name not in names]
+            keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:-1] + inherited]
+            cls.__signature__ = inspect.Signature(keyword)  # type: ignore[attr-defined]
+
+    def build_model(self, **kwargs: Any) -> nn.Module:
+        """The run's model config built with `kwargs` (what the data says: classes, channels, size), on the run's device."""
+        return build(self.configs["model"], "model", **kwargs).to(self.device)
+
+    def add_model(self, name: str, model: nn.Module, every: int = 1) -> nn.Module:
+        """Register `model` as `name` with its own optimizer and schedule (stepped once per `every` training steps)."""
+        self.models[name] = model
+        self.optimizers[name] = optimizer = build(self.configs["optim"], "optim")(model.parameters())
+        steps, per_epoch = max(1, self.total_steps // every), max(1, self.steps_per_epoch // every)
+        self.schedulers[name] = build(self.configs["sched"], "sched")(optimizer, total_steps=steps, steps_per_epoch=per_epoch)
+        return model
 
     @classmethod
     def fp16_refusal(cls, settings: dict[str, Any]) -> str:
@@ -93,6 +164,15 @@ class Task(ABC):
     def macs(self) -> int | None:
         """Multiply-adds of one image's forward pass, for summaries and reports; None where it means nothing."""
         return None
+
+    @property
+    def z_dim(self) -> int:
+        """Length of the noise vectors `generate` takes (tasks that declare `samples`)."""
+        raise NotImplementedError(f"{type(self).__name__} draws no samples")
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] for noise `z` (N, z_dim); tasks that declare `samples` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} draws no samples")
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """Everything needed to continue training exactly."""

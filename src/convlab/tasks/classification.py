@@ -8,11 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from convlab.core.build import build
-from convlab.data.base import DataInfo
 from convlab.core.errors import ConfigError
-from convlab.core.perf import Precision
-from convlab.tasks.base import Task
+from convlab.tasks.base import Report, Task
 
 
 class ClassificationTask(Task):
@@ -20,30 +17,24 @@ class ClassificationTask(Task):
 
     monitor = ("acc", "max")
     charts = {"loss": ["loss"], "accuracy": ["acc"]}
+    kind = "classifier"
+    inspectable = True
+    metric_names = {"loss": "loss", "acc": "accuracy"}
+    report = Report(
+        columns=("val/acc", "test/acc"),
+        curves=(("train/loss", "train loss"), ("val/loss", "validation loss"), ("train/acc", "train accuracy"), ("val/acc", "validation accuracy")),
+        curves_png="curves.png", caption="Loss and accuracy per epoch", marker="train/acc", test_metric=("acc", "test accuracy"),
+    )  # fmt: skip
 
-    def __init__(
-        self,
-        model: dict,
-        optim: dict,
-        sched: dict,
-        info: DataInfo,
-        device: torch.device,
-        total_steps: int,
-        steps_per_epoch: int,
-        precision: Precision | None = None,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__(precision)
+    def __init__(self, label_smoothing: float = 0.0, **run: Any) -> None:
+        """The classifier for the data's classes, channels and image size, with its optimizer and schedule."""
+        super().__init__(**run)
+        info = self.info
         if info.num_classes < 2:
-            raise ConfigError(f"model={model.get('name')} is a classifier, but the data has {info.num_classes} class ({', '.join(info.class_names)}); use a labelled dataset, or model=dcgan to generate images")
-        self.info, self.label_smoothing = info, label_smoothing
-        self.model = build(model, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size)
-        self.model.to(device)
-        self.optimizer = build(optim, "optim")(self.model.parameters())
-        self.scheduler = build(sched, "sched")(self.optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-        self.models = {"model": self.model}
-        self.optimizers = {"model": self.optimizer}
-        self.schedulers = {"model": self.scheduler}
+            raise ConfigError(f"model={self.configs['model'].get('name')} is a classifier, but the data has {info.num_classes} class ({', '.join(info.class_names)}); use a labelled dataset, or model=dcgan to generate images")
+        self.label_smoothing = label_smoothing
+        self.model = self.add_model("model", self.build_model(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size))
+        self.optimizer, self.scheduler = self.optimizers["model"], self.schedulers["model"]
 
     def macs(self) -> int:
         """The classifier's multiply-adds for one image (convlab.models.analysis; FLOPs / 2)."""

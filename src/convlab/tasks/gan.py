@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from convlab.tasks import fid
-from convlab.core.build import build
-from convlab.data.base import DataInfo
-from convlab.core.perf import Precision
-from convlab.tasks.base import Task
+from convlab.tasks.base import Report, Task
 
 log = logging.getLogger("convlab")
 
@@ -45,46 +42,34 @@ class GANTask(Task):
 
     monitor = ("fid", "min")
     charts = {"D and G losses": ["loss/D", "loss/G"], "D outputs (real D_x, fake D_G_z)": ["D_x", "D_G_z"], "FID": ["val/fid"]}
+    kind = "GAN"
+    main_model = "generator"
+    samples = True
+    report = Report(
+        columns=("train/loss/D", "train/loss/G", "test/fid"),
+        curves=(("train/loss/D", "discriminator loss"), ("train/loss/G", "generator loss"), ("train/D_x", "D(x)"), ("train/D_G_z", "D(G(z))")),
+        curves_png="gan_curves.png", caption="GAN losses and discriminator outputs per epoch", marker="train/loss/G",
+    )  # fmt: skip
 
     @classmethod
     def fp16_refusal(cls, settings: dict[str, Any]) -> str:
         """WGAN-GP's gradient penalty is not loss-scaled, so it cannot train under fp16."""
         return "gan.loss=wgan-gp cannot use fp16 loss scaling (its gradient penalty)" if settings.get("loss") == "wgan-gp" else ""
 
-    def __init__(
-        self,
-        model: dict,
-        optim: dict,
-        sched: dict,
-        info: DataInfo,
-        device: torch.device,
-        total_steps: int,
-        steps_per_epoch: int,
-        precision: Precision | None = None,
-        loss: str = "bce",
-        d_steps: int = 1,
-        gp_weight: float = 10.0,
-        fid_every: int = 0,
-        fid_samples: int = 2048,
-    ) -> None:
-        super().__init__(precision)
+    def __init__(self, loss: str = "bce", d_steps: int = 1, gp_weight: float = 10.0, fid_every: int = 0, fid_samples: int = 2048, **run: Any) -> None:
+        """Generator and discriminator from the model config, each with its optimizer and schedule (G's steps every d_steps)."""
+        super().__init__(**run)
         # Settings, data scaling and their combinations are checked by convlab.run.schema.validate.
         # The gradient penalty assumes each sample's critic value depends on that sample alone: no BatchNorm.
-        d_norm = model.get("d_norm", "auto")
+        d_norm = self.configs["model"].get("d_norm", "auto")
         if d_norm == "auto":
             d_norm = "layer" if loss == "wgan-gp" else "batch"
-        net = build(model | {"d_norm": d_norm}, "model", in_channels=info.in_channels, image_size=info.image_size)
-        self.G, self.D = net.generator.to(device), net.discriminator.to(device)
-        self.models = {"generator": self.G, "discriminator": self.D}
-        self.optimizers = {name: build(optim, "optim")(m.parameters()) for name, m in self.models.items()}
-        g_steps = max(1, total_steps // d_steps)
-        self.schedulers = {
-            "generator": build(sched, "sched")(self.optimizers["generator"], total_steps=g_steps, steps_per_epoch=max(1, steps_per_epoch // d_steps)),
-            "discriminator": build(sched, "sched")(self.optimizers["discriminator"], total_steps=total_steps, steps_per_epoch=steps_per_epoch),
-        }
-        self.loss, self.d_steps, self.gp_weight, self.device = loss, d_steps, gp_weight, device
-        self.steps_per_epoch, self.steps = steps_per_epoch, 0
-        self.fixed_z = torch.randn(64, self.G.z_dim, device=device)  # the same 8×8 grid every epoch
+        self.configs["model"] = self.configs["model"] | {"d_norm": d_norm}
+        net = self.build_model(in_channels=self.info.in_channels, image_size=self.info.image_size)
+        self.G = self.add_model("generator", net.generator, every=d_steps)
+        self.D = self.add_model("discriminator", net.discriminator)
+        self.loss, self.d_steps, self.gp_weight, self.steps = loss, d_steps, gp_weight, 0
+        self.fixed_z = torch.randn(64, self.G.z_dim, device=self.device)  # the same 8×8 grid every epoch
         self.fid_every, self.fid_samples = fid_every, fid_samples
         self.fid_on = bool(fid_every) and fid.available()
         self.fid: fid.FID | None = None  # built on first use: loading Inception-v3 takes seconds
