@@ -79,17 +79,28 @@ def main() -> None:
                 "convlab": [py, "-m", "convlab", "train", f"model={args.model}", f"data.root={args.data}", f"epochs={args.epochs}", *limit_c, f"hydra.run.dir={tmp}/c{i}"],
                 "plain": [py, "-m", "convlab.app.baseline", "--data", args.data, "--epochs", str(args.epochs), *limit_p, "--out", f"{tmp}/p{i}.pt"],
             }  # fmt: skip
-            for name in (("convlab", "plain") if i % 2 == 0 else ("plain", "convlab")):
+            for name in ("convlab", "plain") if i % 2 == 0 else ("plain", "convlab"):
                 runs[name].append(measure(cmds[name]))
-                print(f"pair {i + 1} {name:8} " + "  ".join(f"{k} {v:.2f}" for k, v in runs[name][-1].items()), file=sys.stderr)
-    job = f"{args.model}, real CIFAR-10 subset, {args.epochs} epoch(s)" + (f", {args.steps} step(s) each" if args.steps else "")
+                print(
+                    f"pair {i + 1} {name:8} " + "  ".join(f"{k} {v:.2f}" for k, v in runs[name][-1].items()),
+                    file=sys.stderr,
+                )
+    job = f"{args.model}, real CIFAR-10 subset, {args.epochs} epoch(s)" + (
+        f", {args.steps} step(s) each" if args.steps else ""
+    )
     print(f"{job}; {args.pairs} alternating pairs; {os.cpu_count()} CPUs\n")
     print("| measure | convlab (median) | plain script (median) | ratio per pair (median, min–max) |")
     print("|---|---|---|---|")
-    for key, label in (("wall_s", "wall time (s)"), ("rss_mib", "peak RSS, main process (MiB)"), ("pss_mib", "peak PSS, process tree (MiB)")):
+    for key, label in (
+        ("wall_s", "wall time (s)"),
+        ("rss_mib", "peak RSS, main process (MiB)"),
+        ("pss_mib", "peak PSS, process tree (MiB)"),
+    ):
         c, q = [r[key] for r in runs["convlab"]], [r[key] for r in runs["plain"]]
         ratios = [a / b for a, b in zip(c, q)]
-        print(f"| {label} | {statistics.median(c):.2f} | {statistics.median(q):.2f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |")
+        print(
+            f"| {label} | {statistics.median(c):.2f} | {statistics.median(q):.2f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |"
+        )
 
 
 if __name__ == "__main__":

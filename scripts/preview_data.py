@@ -1,7 +1,7 @@
 """Save a grid of training images, one row per class, as the model sees them (augmented, de-normalised).
 
-    python scripts/preview_data.py data=synthetic out=docs/synthetic.png
-    python scripts/preview_data.py data=cifar10 data.root=../shared/data/cifar10-subset out=cifar.png
+python scripts/preview_data.py data=synthetic out=docs/synthetic.png
+python scripts/preview_data.py data=cifar10 data.root=../shared/data/cifar10-subset out=cifar.png
 """
 
 from __future__ import annotations

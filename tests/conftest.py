@@ -69,7 +69,9 @@ def make_cfg(out_dir: Path | str, *overrides: str) -> DictConfig:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m convlab ARGS` in a subprocess; stdout and stderr captured as text."""
-    return subprocess.run([sys.executable, "-m", "convlab", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "convlab", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:

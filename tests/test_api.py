@@ -24,7 +24,9 @@ def readme_example() -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_readme_example_runs_and_a_second_call_in_the_same_process_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+def test_readme_example_runs_and_a_second_call_in_the_same_process_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(readme_example(), scope)  # noqa: S102 - README's own example, as a user pastes it
@@ -40,10 +42,19 @@ def test_readme_example_runs_and_a_second_call_in_the_same_process_works(tmp_pat
     assert out.splitlines() == [f"{result['test']['acc']} {folder}"]
     # The run's own lines, as on a terminal: no Hydra output, no warnings.
     lines = err.splitlines()
-    assert lines[0].startswith("hdc on synthetic: 94,986 parameters") and lines[1].startswith("epoch 1/2") and lines[3].startswith("test  loss")
+    assert (
+        lines[0].startswith("hdc on synthetic: 94,986 parameters")
+        and lines[1].startswith("epoch 1/2")
+        and lines[3].startswith("test  loss")
+    )
     assert len(lines) == 4, err
     # Run folders read back like a CLI run's: the config and what was typed.
-    assert (folder / ".hydra" / "overrides.yaml").read_text().splitlines() == ["- model=hdc", "- data=synthetic", "- data.num_train=1000", "- epochs=2"]
+    assert (folder / ".hydra" / "overrides.yaml").read_text().splitlines() == [
+        "- model=hdc",
+        "- data=synthetic",
+        "- data.num_train=1000",
+        "- epochs=2",
+    ]
     assert "epoch 2/2" in (folder / "train.log").read_text()
 
     from hydra import initialize_config_module
@@ -53,7 +64,12 @@ def test_readme_example_runs_and_a_second_call_in_the_same_process_works(tmp_pat
         second = convlab.train(*ONE_EPOCH, out_dir=tmp_path / "second", quiet=True)
         assert GlobalHydra.instance().is_initialized()
         # resume= with the run's own command repeated composes it again to compare: also inside that session
-        assert convlab.train(f"resume={folder}", "model=hdc", "data=synthetic", "data.num_train=1000", "epochs=2", quiet=True) == result
+        assert (
+            convlab.train(
+                f"resume={folder}", "model=hdc", "data=synthetic", "data.num_train=1000", "epochs=2", quiet=True
+            )
+            == result
+        )
     assert second["status"] == "ok" and second["out_dir"] == str(tmp_path / "second")
     assert capfd.readouterr() == ("", "")  # quiet: the lines go to train.log only
     assert "epoch 1/1" in (tmp_path / "second" / "train.log").read_text()
@@ -65,12 +81,16 @@ def test_readme_example_runs_and_a_second_call_in_the_same_process_works(tmp_pat
     assert "is finished (epoch 2 of 2); nothing to do" in capfd.readouterr().err
 
 
-def test_a_failed_resume_leaves_the_run_unlocked_and_out_dir_cannot_move_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_resume_leaves_the_run_unlocked_and_out_dir_cannot_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from convlab.run import rundir
     from convlab.run.trainer import Trainer
 
     run = tmp_path / "run"
-    convlab.train(*ONE_EPOCH, "epochs=2", "trainer.stop_after=1", out_dir=run, quiet=True)  # stopped after epoch 1: resumable
+    convlab.train(
+        *ONE_EPOCH, "epochs=2", "trainer.stop_after=1", out_dir=run, quiet=True
+    )  # stopped after epoch 1: resumable
     with pytest.raises(ConvlabError, match="continues the run in .* itself; drop out_dir="):
         convlab.train(f"resume={run}", out_dir=tmp_path / "elsewhere", quiet=True)
 
@@ -97,7 +117,9 @@ def test_a_failed_resume_leaves_the_run_unlocked_and_out_dir_cannot_move_it(tmp_
         (("epochs=[",), "cannot read the overrides ['epochs=[', 'data=synthetic']"),
     ],
 )
-def test_bad_calls_raise_one_line_before_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple, message: str) -> None:
+def test_bad_calls_raise_one_line_before_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple, message: str
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConvlabError) as e:
         convlab.train(*args, "data=synthetic")
@@ -108,7 +130,9 @@ def test_bad_calls_raise_one_line_before_any_folder(tmp_path: Path, monkeypatch:
 def test_load_refuses_what_is_not_a_run_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConvlabError, match="not found"):
         convlab.load(tmp_path / "nothing")
-    with pytest.raises(ConvlabError, match="expected a run folder, a .pt file or the dict convlab.train returned, not int"):
+    with pytest.raises(
+        ConvlabError, match="expected a run folder, a .pt file or the dict convlab.train returned, not int"
+    ):
         convlab.load(3)
     with pytest.raises(ConvlabError, match="device='gpu' is not allowed"):
         convlab.load(tmp_path, device="gpu")
@@ -125,7 +149,9 @@ def test_load_refuses_what_is_not_a_run_in_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("kernel", "shown"), [(True, True), (False, False)])
-def test_progress_uses_tqdm_auto_in_jupyter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: bool, shown: bool) -> None:
+def test_progress_uses_tqdm_auto_in_jupyter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: bool, shown: bool
+) -> None:
     from tqdm.auto import tqdm
 
     if kernel:  # what a Jupyter kernel has loaded (stderr there is no terminal)

@@ -39,7 +39,9 @@ def test_multirun_sweep_runs_every_job(tmp_path: Path) -> None:
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
     assert len(summaries) == 4 and all(s["status"] == "ok" for s in summaries)
     assert sorted(s["model"] for s in summaries) == ["hdc", "hdc", "plain_cnn", "plain_cnn"]
-    lrs = sorted(torch.load(p, weights_only=True)["config"]["optim"]["lr"] for p in tmp_path.glob("*/checkpoints/last.pt"))
+    lrs = sorted(
+        torch.load(p, weights_only=True)["config"]["optim"]["lr"] for p in tmp_path.glob("*/checkpoints/last.pt")
+    )
     assert lrs == [1e-3, 1e-3, 1e-2, 1e-2]
 
 
@@ -72,11 +74,17 @@ MISSING_PLUGINS = [
 
 @pytest.mark.parametrize("override,module,plugin,extra", MISSING_PLUGINS, ids=[m[0] for m in MISSING_PLUGINS])
 def test_missing_plugin_names_its_extra(override: str, module: str, plugin: str, extra: str) -> None:
-    hide = f"import sys; sys.modules['hydra_plugins.{module}'] = None; sys.modules['hydra_plugins.{module}.config'] = None"
+    hide = (
+        f"import sys; sys.modules['hydra_plugins.{module}'] = None; sys.modules['hydra_plugins.{module}.config'] = None"
+    )
     code = f"{hide}; from convlab.app.cli import main; main(['train', '-m', '{override}', 'data=synthetic'])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     line = one_error_line(proc)
-    assert proc.returncode == 2 and line == f"error: {override} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".{extra}\""
+    assert (
+        proc.returncode == 2
+        and line
+        == f'error: {override} needs Hydra\'s {plugin} plugin, which is not installed: pip install -e ".{extra}"'
+    )
 
 
 # The same messages from more values, checked in process (they reach the CLI as the lines above).
@@ -85,12 +93,24 @@ BAD_VALUES = [
     (["optim.lr=fast"], "optim.lr='fast'", "number"),
     (["model.conv_impl=cuda"], "conv_impl='cuda'", "torch, manual"),
     (["device=tpu"], "device='tpu'", "cuda:N"),
-    (["data=cifar10", "data.root=/nonexistent", "data.download=false"], "/nonexistent/cifar-10-batches-py", "data=synthetic"),
+    (
+        ["data=cifar10", "data.root=/nonexistent", "data.download=false"],
+        "/nonexistent/cifar-10-batches-py",
+        "data=synthetic",
+    ),
     (["model=dcgan", "data=anime_faces", "data.root=/nonexistent"], "/nonexistent", "data.root"),
-    (["model=dcgan", "gan.loss=lsgan", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"], "gan.loss='lsgan'", "wgan-gp"),
+    (
+        ["model=dcgan", "gan.loss=lsgan", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"],
+        "gan.loss='lsgan'",
+        "wgan-gp",
+    ),
     (["data.loader=gpu"], "data.loader='gpu'", "dataloader"),
     (["trainer.precision=fp8"], "trainer.precision='fp8'", "bf16"),
-    (["sched=onecycle", "epochs=1", "data.num_train=100"], "sched=onecycle needs at least 8 optimizer steps", "sched=cosine"),  # 1 step
+    (
+        ["sched=onecycle", "epochs=1", "data.num_train=100"],
+        "sched=onecycle needs at least 8 optimizer steps",
+        "sched=cosine",
+    ),  # 1 step
     (["sched.warmup_epochs=-1"], "sched.warmup_epochs=-1", ">= 0"),
 ]
 
@@ -131,7 +151,14 @@ def test_preview_script_writes_one_row_per_class(tmp_path: Path) -> None:
     from tests.conftest import REPO
 
     out = tmp_path / "grid.png"
-    args = [sys.executable, str(REPO / "scripts" / "preview_data.py"), "data=synthetic", "data.num_train=400", "per_class=4", f"out={out}"]
+    args = [
+        sys.executable,
+        str(REPO / "scripts" / "preview_data.py"),
+        "data=synthetic",
+        "data.num_train=400",
+        "per_class=4",
+        f"out={out}",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (2 + 4 * 34, 2 + 10 * 34)  # 32-px images, 2-px padding

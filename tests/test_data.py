@@ -12,11 +12,11 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from convlab.core.build import build
+from convlab.core.errors import ConvlabError
 from convlab.data import cifar10
 from convlab.data.cifar10 import CIFAR10
 from convlab.data.loader import TensorLoader, apply_crops, draw_crops
 from convlab.data.synthetic import Synthetic, generate
-from convlab.core.errors import ConvlabError
 from tests.conftest import make_cfg
 
 
@@ -111,7 +111,9 @@ def test_eval_splits_are_not_augmented() -> None:
     data = Synthetic(num_train=200, num_test=50, augment={"crop_padding": 4, "flip": True})
     x_ref = data.splits()["val"][0]
     x, _ = next(iter(data.loaders(1000, torch.device("cpu"))["val"]))
-    expected = (x_ref.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    expected = (x_ref.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(x, expected)
 
 

@@ -35,7 +35,14 @@ def test_demo_learns_the_synthetic_data(demo_run: Path) -> None:
 
 
 def test_run_folder_holds_config_events_metrics_and_checkpoints(demo_run: Path) -> None:
-    for name in (".hydra/config.yaml", "train.log", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        ".hydra/config.yaml",
+        "train.log",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (demo_run / name).is_file(), name
     rows = list(csv.DictReader((demo_run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -70,16 +77,22 @@ def test_tensorboard_step_curves_layout_and_config_text(demo_run: Path) -> None:
     epoch1 = ea.Scalars("train/loss")[0].value
     assert (50 * step_loss[0] + 20 * step_loss[1]) / 70 == pytest.approx(epoch1, rel=1e-4)
     lr = [s.value for s in ea.Scalars("step/lr")]
-    assert lr == sorted(lr, reverse=True) and lr[0] > lr[-1]  # the cosine schedule, stepped every batch, seen within epochs
+    assert (
+        lr == sorted(lr, reverse=True) and lr[0] > lr[-1]
+    )  # the cosine schedule, stepped every batch, seen within epochs
     layout = _layout(ea)
     charts = {(cat.title, c.title): list(c.multiline.tag) for cat in layout.category for c in cat.chart}
     assert charts[("train vs val (per epoch)", "loss")] == ["^train/loss$", "^val/loss$"]
     assert charts[("train vs val (per epoch)", "accuracy")] == ["^train/acc$", "^val/acc$"]
-    assert charts[("per step", "loss")] == ["^step/train/loss$"] and charts[("per step", "accuracy")] == ["^step/train/acc$"]
+    assert charts[("per step", "loss")] == ["^step/train/loss$"] and charts[("per step", "accuracy")] == [
+        "^step/train/acc$"
+    ]
     command, config = (_text(ea, f"run/{name}/text_summary") for name in ("command", "config"))
     assert "convlab train +experiment=synthetic_demo" in command
     assert "    model:\n      name: hdc" in config and "    epochs: 2" in config  # a Markdown code block of the YAML
-    assert json.loads((demo_run / "summary.json").read_text())["command"].startswith("convlab train +experiment=synthetic_demo")
+    assert json.loads((demo_run / "summary.json").read_text())["command"].startswith(
+        "convlab train +experiment=synthetic_demo"
+    )
 
 
 def _layout(ea: EventAccumulator):
@@ -106,7 +119,9 @@ def test_eval_reproduces_the_validation_accuracy(demo_run: Path) -> None:
 def test_resume_of_a_finished_run_keeps_its_history(demo_run: Path) -> None:
     before = (demo_run / "metrics.csv").read_text()
     proc = run_cli("train", f"resume={demo_run}", "model=plain_cnn")
-    assert "model.name (saved 'hdc', given 'plain_cnn')" in one_error_line(proc) and "only device=" in one_error_line(proc)
+    assert "model.name (saved 'hdc', given 'plain_cnn')" in one_error_line(proc) and "only device=" in one_error_line(
+        proc
+    )
     proc = run_cli("train", f"resume={demo_run}")
     assert proc.returncode == 0, proc.stderr
     assert (demo_run / "metrics.csv").read_text() == before

@@ -62,10 +62,16 @@ def test_two_processes_train_like_one(runs: dict[str, Path]) -> None:
     summary = json.loads((runs["two"] / "summary.json").read_text())
     assert summary["ddp"]["world_size"] == 2 and summary["ddp"]["replicas_in_sync"]  # identical weights on both ranks
     assert summary["epochs"] == 2 and summary["early_stop"]["epoch"] == 2
-    assert summary["best"]["epoch"] == 1 and summary["test_weights"]["which"] == "best" and summary["test_weights"]["epoch"] == 1
+    assert (
+        summary["best"]["epoch"] == 1
+        and summary["test_weights"]["which"] == "best"
+        and summary["test_weights"]["epoch"] == 1
+    )
     # Same global batch, same images per step: the curves agree to float rounding (stated: 1e-4 relative).
     for a, b in zip(history(runs["one"]), history(runs["two"]), strict=True):
-        assert math.isclose(a["train/loss"], b["train/loss"], rel_tol=1e-4) and math.isclose(a["val/loss"], b["val/loss"], rel_tol=1e-4)
+        assert math.isclose(a["train/loss"], b["train/loss"], rel_tol=1e-4) and math.isclose(
+            a["val/loss"], b["val/loss"], rel_tol=1e-4
+        )
     w1, w2 = (load_checkpoint(runs[r])["task"]["models"]["model"] for r in ("one", "two"))
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
@@ -78,7 +84,9 @@ def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
 
 @pytest.mark.slow  # 35 s of process starts: left out of the default run to keep CI under 10 minutes
 def test_ddp_run_resumes_exactly(runs: dict[str, Path], tmp_path: Path) -> None:
-    cut = torchrun("train", *COMMON, "trainer.stop_after=1", f"hydra.run.dir={tmp_path / 'cut'}")  # two processes via torchrun
+    cut = torchrun(
+        "train", *COMMON, "trainer.stop_after=1", f"hydra.run.dir={tmp_path / 'cut'}"
+    )  # two processes via torchrun
     assert cut.returncode == 0, cut.stderr
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "stopped"
     assert len(load_checkpoint(tmp_path / "cut")["rng"]) == 2  # each rank's random state

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from convlab.core.errors import ConvlabError
 from convlab.data import anime_faces
 from convlab.data.anime_faces import AnimeFaces
-from convlab.core.errors import ConvlabError
 from convlab.run.runner import train
 from tests.conftest import make_cfg
 
@@ -54,7 +54,9 @@ def test_decodes_every_format_resized_and_cropped(faces: Path, tmp_path: Path) -
     assert x.float().std() > 20  # real pictures, not blank frames
 
 
-def test_cache_is_reused_then_rebuilt_when_the_folder_changes(faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_reused_then_rebuilt_when_the_folder_changes(
+    faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = count_decodes(monkeypatch)
     cache = tmp_path / "c"
     first = AnimeFaces(root=str(faces), image_size=32, cache_dir=str(cache)).load()[0]
@@ -71,7 +73,9 @@ def test_cache_is_reused_then_rebuilt_when_the_folder_changes(faces: Path, tmp_p
     assert calls["n"] == 122  # switching back reuses the 32-pixel cache
 
 
-def test_unreadable_files_are_skipped_and_counted_once(faces: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_files_are_skipped_and_counted_once(
+    faces: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     good = (faces / "0.jpg").read_bytes()
     (faces / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (faces / "a" / "text.png").write_text("not an image")
@@ -95,6 +99,15 @@ def test_missing_empty_and_unreadable_folders(tmp_path: Path) -> None:
 
 
 def test_a_classifier_refuses_unlabelled_faces(faces_256: Path, tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, "model=plain_cnn", "data=anime_faces", f"data.root={faces_256}", f"data.cache_dir={tmp_path}", "data.image_size=32")
-    with pytest.raises(ConvlabError, match=r"model=plain_cnn is a classifier, but the data has 1 class \(face\).*model=dcgan"):
+    cfg = make_cfg(
+        tmp_path,
+        "model=plain_cnn",
+        "data=anime_faces",
+        f"data.root={faces_256}",
+        f"data.cache_dir={tmp_path}",
+        "data.image_size=32",
+    )
+    with pytest.raises(
+        ConvlabError, match=r"model=plain_cnn is a classifier, but the data has 1 class \(face\).*model=dcgan"
+    ):
         train(cfg)

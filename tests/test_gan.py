@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from convlab.run.checkpoint import load_checkpoint
+from convlab.app.evaluate import sample_checkpoint
 from convlab.core.build import build
 from convlab.core.errors import ConfigError
-from convlab.app.evaluate import sample_checkpoint
 from convlab.models.dcgan import DCGAN, Discriminator
-from convlab.tasks.gan import GANTask, d_loss, g_loss, gradient_penalty
+from convlab.run.checkpoint import load_checkpoint
 from convlab.run.runner import train
+from convlab.tasks.gan import GANTask, d_loss, g_loss, gradient_penalty
 from tests.conftest import compose_cfg, curves, make_cfg
 
 
@@ -36,7 +36,10 @@ def test_lab_architecture_at_64() -> None:
     g = DCGAN().generator
     convs = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(512, 256), (256, 128), (128, 64), (64, 3)]
-    assert all(c.kernel_size == (5, 5) and c.stride == (2, 2) and c.padding == (2, 2) and c.output_padding == (1, 1) for c in convs)
+    assert all(
+        c.kernel_size == (5, 5) and c.stride == (2, 2) and c.padding == (2, 2) and c.output_padding == (1, 1)
+        for c in convs
+    )
     assert isinstance(g.project[1], nn.BatchNorm1d) and isinstance(g.up[-1], nn.Tanh)
 
 
@@ -52,7 +55,9 @@ def test_forward_backward_and_gradients() -> None:
 def test_weights_initialised_as_dcgan() -> None:
     torch.manual_seed(0)
     net = DCGAN()
-    weights = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))])
+    weights = torch.cat(
+        [m.weight.flatten() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    )
     norm_w = torch.cat([m.weight for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))])
     biases = torch.cat([m.bias for m in net.modules() if getattr(m, "bias", None) is not None])
     assert abs(weights.mean()) < 1e-3 and abs(weights.std() - 0.02) < 1e-3
@@ -63,7 +68,9 @@ def test_weights_initialised_as_dcgan() -> None:
 def test_critic_norm_follows_the_loss() -> None:
     assert any(isinstance(m, nn.BatchNorm2d) for m in Discriminator(norm="batch").modules())
     layer = Discriminator(norm="layer")
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in layer.modules()) and any(isinstance(m, nn.GroupNorm) for m in layer.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in layer.modules()) and any(
+        isinstance(m, nn.GroupNorm) for m in layer.modules()
+    )
 
 
 def test_gradient_penalty_of_linear_critics() -> None:
@@ -72,8 +79,10 @@ def test_gradient_penalty_of_linear_critics() -> None:
     w = torch.randn(3 * 8 * 8)
 
     def linear(scale: float) -> nn.Module:
-        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1, bias=False)).requires_grad_(False).apply(
-            lambda m: m.weight.copy_(w / w.norm() * scale) if isinstance(m, nn.Linear) else None
+        return (
+            nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1, bias=False))
+            .requires_grad_(False)
+            .apply(lambda m: m.weight.copy_(w / w.norm() * scale) if isinstance(m, nn.Linear) else None)
         )
 
     assert gradient_penalty(linear(1.0), real, fake).item() < 1e-10  # 1-Lipschitz: ‖∇‖ = 1 everywhere
@@ -109,7 +118,11 @@ def test_gan_settings_are_checked(tmp_path: Path, faces_256: Path) -> None:
 @pytest.mark.parametrize("loss", ["bce", "hinge", "wgan-gp"])
 def test_short_gan_run_on_real_faces(loss: str, tmp_path: Path, faces_256: Path) -> None:
     out = tmp_path / "run"
-    summary = train(gan_cfg(out, faces_256, "epochs=2", f"gan.loss={loss}", "gan.d_steps=2" if loss == "wgan-gp" else "gan.d_steps=1"))
+    summary = train(
+        gan_cfg(
+            out, faces_256, "epochs=2", f"gan.loss={loss}", "gan.d_steps=2" if loss == "wgan-gp" else "gan.d_steps=1"
+        )
+    )
     assert summary["status"] == "ok"
     history = load_checkpoint(out)["history"]
     for row in history:
@@ -126,7 +139,9 @@ def test_short_gan_run_on_real_faces(loss: str, tmp_path: Path, faces_256: Path)
 
 
 def test_gan_resume_is_exact(tmp_path: Path, faces_256: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = train(gan_cfg(tmp_path / "full", faces_256, "epochs=3", "trainer.precision=fp32"))  # exact equality: fp32 stated
+    full = train(
+        gan_cfg(tmp_path / "full", faces_256, "epochs=3", "trainer.precision=fp32")
+    )  # exact equality: fp32 stated
     calls = {"n": 0}
     real_step = GANTask.train_step
 
@@ -150,7 +165,9 @@ def test_gan_resume_is_exact(tmp_path: Path, faces_256: Path, monkeypatch: pytes
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "ok"
 
 
-def test_fid_off_is_said_once(tmp_path: Path, faces_256: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_fid_off_is_said_once(
+    tmp_path: Path, faces_256: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr("convlab.tasks.fid.available", lambda: False)
     with caplog.at_level("WARNING"):
         summary = train(gan_cfg(tmp_path / "run", faces_256, "epochs=1", "gan.fid_every=1"))
@@ -171,7 +188,15 @@ def test_cli_gan_run_and_sample(tmp_path: Path, faces_256: Path) -> None:
     from tests.conftest import run_cli
 
     run = tmp_path / "run"
-    proc = run_cli("train", *GAN_SMALL, f"data.root={faces_256}", f"data.cache_dir={tmp_path / 'cache'}", "epochs=1", f"hydra.run.dir={run}", "trainer.log_every=2")
+    proc = run_cli(
+        "train",
+        *GAN_SMALL,
+        f"data.root={faces_256}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "epochs=1",
+        f"hydra.run.dir={run}",
+        "trainer.log_every=2",
+    )
     assert proc.returncode == 0, proc.stderr
     # TensorBoard: D and G losses per step, and the GAN's own charts (its `charts`) in the CUSTOM SCALARS layout.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -180,10 +205,18 @@ def test_cli_gan_run_and_sample(tmp_path: Path, faces_256: Path) -> None:
     ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
     ea.Reload()
     steps = [e.step for e in ea.Scalars("step/train/loss/D")]
-    assert steps == [e.step for e in ea.Scalars("step/train/loss/G")] == [e.step for e in ea.Scalars("step/lr/generator")] and steps[0] == 2
+    assert (
+        steps == [e.step for e in ea.Scalars("step/train/loss/G")] == [e.step for e in ea.Scalars("step/lr/generator")]
+        and steps[0] == 2
+    )
     layout = layout_pb2.Layout.FromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {(cat.title, c.title): list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts[("train vs val (per epoch)", "D and G losses")] == ["^train/loss/D$", "^val/loss/D$", "^train/loss/G$", "^val/loss/G$"]
+    assert charts[("train vs val (per epoch)", "D and G losses")] == [
+        "^train/loss/D$",
+        "^val/loss/D$",
+        "^train/loss/G$",
+        "^val/loss/G$",
+    ]
     assert charts[("per step", "D and G losses")] == ["^step/train/loss/D$", "^step/train/loss/G$"]
     assert charts[("train vs val (per epoch)", "FID")] == ["^val/fid$"] and ("per step", "FID") not in charts
     proc = run_cli("sample", f"ckpt={run}", "n=16", f"out={tmp_path / 'grid.png'}", "seed=3")

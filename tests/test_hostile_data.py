@@ -18,12 +18,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from convlab.app import sweep
-from convlab.data.anime_faces import AnimeFaces, list_images
-from convlab.data.cifar10 import CIFAR10, FOLDER, TEST_FILE, TRAIN_FILES
-from convlab.core.errors import ConfigError, ConvlabError
 from convlab.app.evaluate import sample_checkpoint
 from convlab.app.report import report
 from convlab.app.runs import find_runs
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.data.anime_faces import AnimeFaces, list_images
+from convlab.data.cifar10 import CIFAR10, FOLDER, TEST_FILE, TRAIN_FILES
 from tests.conftest import Payload, compose_cfg, one_error_line, one_line, run_cli
 
 
@@ -73,7 +73,9 @@ def test_cifar10_reads_genuine_numpy_pickles(tmp_path: Path, protocol: int) -> N
     good = batch(labels=[9, 0, 3, 3])
     cifar_folder(tmp_path, good, protocol)
     for name in [*TRAIN_FILES[1:], TEST_FILE]:
-        (tmp_path / FOLDER / name).write_bytes(pickle.dumps(good | {"labels": np.array(good["labels"])}, protocol=protocol))
+        (tmp_path / FOLDER / name).write_bytes(
+            pickle.dumps(good | {"labels": np.array(good["labels"])}, protocol=protocol)
+        )
     x, y, x_test, y_test = CIFAR10(root=str(tmp_path), download=False).load()
     assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.tolist()[:4] == [9, 0, 3, 3]
     assert torch.equal(x_test[1].flatten(), torch.from_numpy(good["data"][1])) and y_test.dtype == torch.int64
@@ -89,7 +91,10 @@ def test_cifar10_pickle_that_runs_a_command_is_refused_unrun(tmp_path: Path) -> 
 
 
 HOSTILE_BATCHES = {
-    "float pixels": (batch(data=np.zeros((4, 3072), np.float32)), ["dtype float32", "expected uint8 of shape (N, 3072)"]),
+    "float pixels": (
+        batch(data=np.zeros((4, 3072), np.float32)),
+        ["dtype float32", "expected uint8 of shape (N, 3072)"],
+    ),
     "channels last": (batch(data=np.zeros((4, 32, 32, 3), np.uint8)), ["shape (4, 32, 32, 3)", "(N, 3072)"]),
     "label 10": (batch(labels=[0, 1, 10, 2]), ["label 10 at index 2", "integers 0 to 9"]),
     "label -1": (batch(labels=[-1, 1, 2, 3]), ["label -1 at index 0"]),
@@ -146,7 +151,9 @@ def test_faces_never_open_fifos_or_folders_named_like_images(tmp_path: Path) -> 
     assert x.shape == (3, 3, 8, 8)
 
 
-def test_faces_decompression_bombs_count_as_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_faces_decompression_bombs_count_as_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # 1600 pixels draws PIL's warning, 2500 its error: both are skipped, only the 20×20 image is kept.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     root = face_folder(tmp_path / "f", [20, 40, 50])
@@ -167,7 +174,11 @@ def test_faces_bad_cache_is_rebuilt_not_used(tmp_path: Path, bad: str) -> None:
         cache.write_bytes(b"\x93NUMPY garbage")
     else:
         planted = {"wrong shape": np.zeros((2, 3, 16, 16), np.uint8), "wrong dtype": np.zeros((2, 3, 8, 8), np.float32)}
-        np.save(cache, planted.get(bad, np.array([Payload(os.system, f"touch {tmp_path / 'ran'}")] * 2, dtype=object)), allow_pickle=True)
+        np.save(
+            cache,
+            planted.get(bad, np.array([Payload(os.system, f"touch {tmp_path / 'ran'}")] * 2, dtype=object)),
+            allow_pickle=True,
+        )
     x = within(20, faces.load)[0]
     assert x.shape == (2, 3, 8, 8) and x.dtype == torch.uint8 and x.float().std() > 20  # decoded, not the planted zeros
     assert not (tmp_path / "ran").exists()
@@ -200,7 +211,11 @@ def write_run(folder: Path, lr: str, files: dict[str, Any]) -> None:
     """A run folder: a good run's three files, each replaced by `files` (text, bytes, or a function of the path)."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text("optim:\n  lr: 0.1\n")
-    defaults = {"summary.json": json.dumps(GOOD_SUMMARY), "metrics.csv": GOOD_METRICS, ".hydra/overrides.yaml": f"- optim.lr={lr}\n"}
+    defaults = {
+        "summary.json": json.dumps(GOOD_SUMMARY),
+        "metrics.csv": GOOD_METRICS,
+        ".hydra/overrides.yaml": f"- optim.lr={lr}\n",
+    }
     for name, content in (defaults | files).items():
         path = folder / name
         if callable(content):
@@ -220,19 +235,43 @@ def sparse_file(path: Path, size: int) -> None:
 BROKEN_RUNS = {
     "invalid JSON": ({"summary.json": '{"status": "ok",'}, "summary.json is not JSON"),
     "JSON list": ({"summary.json": "[1, 2]"}, "summary.json holds [1, 2], not a JSON object"),
-    "parameters": ({"summary.json": json.dumps(GOOD_SUMMARY | {"parameters": "many"})}, "parameters is 'many'; expected a count"),
+    "parameters": (
+        {"summary.json": json.dumps(GOOD_SUMMARY | {"parameters": "many"})},
+        "parameters is 'many'; expected a count",
+    ),
     "macs": ({"summary.json": json.dumps(GOOD_SUMMARY | {"macs": -5})}, "macs is -5; expected a count"),
-    "best": ({"summary.json": json.dumps(GOOD_SUMMARY | {"best": 5})}, "best is 5; expected an object with metric, mode and value"),
-    "confusion": ({"summary.json": json.dumps(GOOD_SUMMARY | {"test": {"acc": 0.4, "confusion": [[1, 2]]}})}, "test.confusion is"),
-    "status": ({"summary.json": json.dumps(GOOD_SUMMARY | {"status": "exploded"})}, "status 'exploded' is not one of ok, failed"),
-    "NaN accuracy": ({"summary.json": json.dumps(GOOD_SUMMARY | {"test": {"acc": float("nan")}})}, "test.acc is nan; expected a fraction"),
-    "huge": ({"summary.json": lambda p: sparse_file(p, 17 << 20)}, "summary.json is 17,825,792 bytes, more than a run writes"),
+    "best": (
+        {"summary.json": json.dumps(GOOD_SUMMARY | {"best": 5})},
+        "best is 5; expected an object with metric, mode and value",
+    ),
+    "confusion": (
+        {"summary.json": json.dumps(GOOD_SUMMARY | {"test": {"acc": 0.4, "confusion": [[1, 2]]}})},
+        "test.confusion is",
+    ),
+    "status": (
+        {"summary.json": json.dumps(GOOD_SUMMARY | {"status": "exploded"})},
+        "status 'exploded' is not one of ok, failed",
+    ),
+    "NaN accuracy": (
+        {"summary.json": json.dumps(GOOD_SUMMARY | {"test": {"acc": float("nan")}})},
+        "test.acc is nan; expected a fraction",
+    ),
+    "huge": (
+        {"summary.json": lambda p: sparse_file(p, 17 << 20)},
+        "summary.json is 17,825,792 bytes, more than a run writes",
+    ),
     "binary": ({"summary.json": b"\xff\xfe\x00\x81garbage"}, "summary.json is not UTF-8 text"),
     "FIFO summary": ({"summary.json": os.mkfifo}, "summary.json is a FIFO, not a regular file"),
-    "non-numeric CSV": ({"metrics.csv": GOOD_METRICS + "3,abc,0.1,0.1,0.1\n"}, "metrics.csv line 4, column 'train/loss': 'abc' is not a number"),
+    "non-numeric CSV": (
+        {"metrics.csv": GOOD_METRICS + "3,abc,0.1,0.1,0.1\n"},
+        "metrics.csv line 4, column 'train/loss': 'abc' is not a number",
+    ),
     "ragged CSV": ({"metrics.csv": GOOD_METRICS + "3,1.0\n"}, "metrics.csv line 4 has 2 cells but its header has 5"),
     "directory CSV": ({"metrics.csv": Path.mkdir}, "metrics.csv is a directory, not a regular file"),
-    "YAML mapping": ({".hydra/overrides.yaml": "a: 1\n"}, ".hydra/overrides.yaml holds {'a': 1}; expected a list of key=value strings"),
+    "YAML mapping": (
+        {".hydra/overrides.yaml": "a: 1\n"},
+        ".hydra/overrides.yaml holds {'a': 1}; expected a list of key=value strings",
+    ),
     "YAML numbers": ({".hydra/overrides.yaml": "- 1\n- 2\n"}, "expected a list of key=value strings"),
     "YAML syntax": ({".hydra/overrides.yaml": "- [unclosed\n"}, ".hydra/overrides.yaml is not valid YAML"),
 }
@@ -254,7 +293,9 @@ def test_report_lists_broken_runs_and_draws_the_good_one(mixed_sweep: Path, tmp_
     lines = md.splitlines()
     for i, (case, (_, reason)) in enumerate(BROKEN_RUNS.items(), start=1):
         row = next(line for line in lines if line.startswith(f"| {i} | "))  # the table's row
-        note = next(line for line in lines if line.startswith("- ") and f"{i}_optim.lr=bad{i}`)" in line)  # the list of runs
+        note = next(
+            line for line in lines if line.startswith("- ") and f"{i}_optim.lr=bad{i}`)" in line
+        )  # the list of runs
         assert reason in row.partition(" | broken: ")[2] and reason in note.partition(": **broken**: ")[2], case
     for name in ("curves.png", "test_accuracy.png", "confusion.png"):
         assert Image.open(tmp_path / "out" / name).size[0] > 200 and f"]({name})" in md
@@ -294,7 +335,11 @@ def test_report_out_and_paths_that_are_not_folders_are_one_line(tmp_path: Path) 
 
 def test_report_replaces_links_instead_of_writing_through_them(tmp_path: Path) -> None:
     """Only report.md and its own PNGs change: links planted under those names, or as sample grids, lead nowhere."""
-    write_run(tmp_path / "gan", "0.1", {"metrics.csv": "epoch,train/loss/D,train/loss/G\n1,0.5,2.0\n", "summary.json": '{"status": "ok"}'})
+    write_run(
+        tmp_path / "gan",
+        "0.1",
+        {"metrics.csv": "epoch,train/loss/D,train/loss/G\n1,0.5,2.0\n", "summary.json": '{"status": "ok"}'},
+    )
     secret = tmp_path / "secret.txt"
     secret.write_text("private")
     (tmp_path / "gan" / "samples").mkdir()
@@ -321,7 +366,9 @@ def sample_cfg(tmp_path: Path, out: str) -> Any:
     return compose_cfg("sample", f"ckpt={tmp_path / 'no-such-run'}", f"out={out}")
 
 
-@pytest.mark.parametrize("name,problem", [("grid.xyz", "cannot write a colour image as .xyz"), ("grid", "no extension")])
+@pytest.mark.parametrize(
+    "name,problem", [("grid.xyz", "cannot write a colour image as .xyz"), ("grid", "no extension")]
+)
 def test_sample_out_extension_is_checked_before_the_checkpoint(tmp_path: Path, name: str, problem: str) -> None:
     with pytest.raises(ConfigError) as err:  # not the missing checkpoint's error: out= is checked first
         sample_checkpoint(sample_cfg(tmp_path, str(tmp_path / name)))

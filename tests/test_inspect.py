@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from convlab.core.errors import ConvlabError
 from convlab.app.inspect import inspect_model
+from convlab.core.errors import ConvlabError
 from convlab.models.analysis import effective_field, field_extent, layer_table
 from convlab.models.hdc import HDCNet
 from convlab.models.plain_cnn import PlainCNN
@@ -30,15 +30,26 @@ def test_table_counts_every_layer_and_adds_up() -> None:
     assert rows["features.1"]["macs"] == 32 * 64 * 9 * 28 * 28 and rows["head"]["macs"] == 128 * 10
     assert sum(r["macs"] for r in rows.values()) == table["total"]["macs"]
     assert sum(r["parameters"] for r in rows.values()) == table["total"]["parameters"] == 94_986
-    assert [rows[f"features.{i}"]["receptive_field"] for i in range(3)] == [3, 5, 7] and rows["pool"]["receptive_field"] == "global"
+    assert [rows[f"features.{i}"]["receptive_field"] for i in range(3)] == [3, 5, 7] and rows["pool"][
+        "receptive_field"
+    ] == "global"
 
 
-@pytest.mark.parametrize("kind,layer_macs", [("standard", 32 * 64 * 9 * 28 * 28), ("shift", 32 * 64 * 28 * 28), ("separable", 32 * 9 * 28 * 28 + 32 * 64 * 28 * 28)])
+@pytest.mark.parametrize(
+    "kind,layer_macs",
+    [
+        ("standard", 32 * 64 * 9 * 28 * 28),
+        ("shift", 32 * 64 * 28 * 28),
+        ("separable", 32 * 9 * 28 * 28 + 32 * 64 * 28 * 28),
+    ],
+)
 @pytest.mark.parametrize("impl", ["torch", "manual"])
 def test_macs_of_each_kind_and_implementation(kind: str, layer_macs: int, impl: str) -> None:
     rows = {r["name"]: r for r in layer_table(PlainCNN(10, conv=kind, conv_impl=impl), (3, 32, 32))["layers"]}
     assert rows["features.1"]["macs"] == layer_macs  # the shift itself adds none; im2col's matmul counts like a conv
-    assert rows["features.1"]["kind"].startswith("standard" if kind == "standard" else kind) and ("manual" in rows["features.1"]["kind"]) == (impl == "manual")
+    assert rows["features.1"]["kind"].startswith("standard" if kind == "standard" else kind) and (
+        "manual" in rows["features.1"]["kind"]
+    ) == (impl == "manual")
 
 
 def test_resnet_fields_follow_the_main_path_and_skip_shortcuts() -> None:
@@ -46,7 +57,9 @@ def test_resnet_fields_follow_the_main_path_and_skip_shortcuts() -> None:
 
     rows = {r["name"]: r for r in layer_table(ResNet18(10), (3, 32, 32))["layers"]}
     assert rows["stem"]["receptive_field"] == 3 and rows["stages.0.conv2"]["receptive_field"] == 7
-    assert rows["stages.2.conv1"]["jump"] == 2 and rows["stages.2.shortcut"]["receptive_field"] is None  # stride 2 in stage 2
+    assert (
+        rows["stages.2.conv1"]["jump"] == 2 and rows["stages.2.shortcut"]["receptive_field"] is None
+    )  # stride 2 in stage 2
     assert rows["stages.7.conv2"]["jump"] == 8
 
 

@@ -86,7 +86,9 @@ def test_parameter_counts_per_kind_follow_the_formulas(cin: int, cout: int, k: i
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (1, 0, 2), (2, 1, 1), (2, 2, 3)])
 @pytest.mark.parametrize("channels", [9, 20])  # 20 = 2 per offset + 2 left at the centre
-def test_shift_is_a_depthwise_convolution_with_one_hot_kernels(channels: int, stride: int, padding: int, dilation: int) -> None:
+def test_shift_is_a_depthwise_convolution_with_one_hot_kernels(
+    channels: int, stride: int, padding: int, dilation: int
+) -> None:
     torch.manual_seed(0)
     shift = Shift(channels, 3, stride, padding, dilation)
     x = torch.randn(2, channels, 11, 10)

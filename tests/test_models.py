@@ -21,7 +21,9 @@ from tests.conftest import REPO, make_cfg
 KIND_CLASSES = {"separable": SeparableConv, "grouped": GroupedConv, "shift": ShiftConv}
 
 CLASSIFIERS = sorted(
-    p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if make_cfg("/tmp", f"model={p.stem}").task._target_.endswith("ClassificationTask")
+    p.stem
+    for p in (REPO / "conf" / "model").glob("*.yaml")
+    if make_cfg("/tmp", f"model={p.stem}").task._target_.endswith("ClassificationTask")
 )
 
 
@@ -40,7 +42,9 @@ def test_forward_backward(name: str, kind: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(name, tmp_path, f"model.conv={kind}")
     stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert type(stem) is torch.nn.Conv2d and stem.in_channels == 3 and stem.groups == 1  # the image-reading stem stays standard
+    assert (
+        type(stem) is torch.nn.Conv2d and stem.in_channels == 3 and stem.groups == 1
+    )  # the image-reading stem stays standard
     assert kind == "standard" or any(isinstance(m, KIND_CLASSES[kind]) for m in model.modules())
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     logits = model(x)
@@ -88,14 +92,23 @@ def test_alexnet_docstring_states_its_parameter_count() -> None:
     ],
     ids=["alexnet", "dcgan", "hdc"],
 )
-def test_what_the_schema_refuses_stops_the_constructors_at_an_assert(build_it: Callable[[], object], problem: str) -> None:  # the user's errors: tests/test_validation.py
+def test_what_the_schema_refuses_stops_the_constructors_at_an_assert(
+    build_it: Callable[[], object], problem: str
+) -> None:  # the user's errors: tests/test_validation.py
     with pytest.raises(AssertionError, match=problem):
         build_it()
 
 
 @pytest.mark.parametrize(
     "rates,problems",
-    [([1, 2, 5], []), ([1, 1, 1], []), ([1, 2, 3], []), ([2, 4, 8], ["M_2 = 4 > kernel size 3", "common factor 2"]), ([2, 2, 2], ["common factor 2"]), ([1, 4, 8], ["M_2 = 4"])],
+    [
+        ([1, 2, 5], []),
+        ([1, 1, 1], []),
+        ([1, 2, 3], []),
+        ([2, 4, 8], ["M_2 = 4 > kernel size 3", "common factor 2"]),
+        ([2, 2, 2], ["common factor 2"]),
+        ([1, 4, 8], ["M_2 = 4"]),
+    ],
 )
 def test_hdc_rule(rates: list[int], problems: list[str]) -> None:
     found = hdc_problems(rates, 3)
@@ -117,4 +130,3 @@ def test_hdc_uses_its_dilations(tmp_path: Path) -> None:
     model = build_model("hdc", tmp_path)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.dilation[0] for c in convs] == [1, 2, 5]
-

@@ -72,7 +72,9 @@ def test_the_api_resumes_with_one_checkpoint_read(cut_run: Path, counts: dict[st
     assert counts["validations"] == ["train", "train"]
 
 
-def test_a_new_run_is_validated_once_from_the_cli_and_the_api(tmp_path: Path, counts: dict[str, list], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_run_is_validated_once_from_the_cli_and_the_api(
+    tmp_path: Path, counts: dict[str, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _cli(monkeypatch, "train", *TINY, "epochs=1", f"hydra.run.dir={tmp_path / 'cli'}")
     assert counts["validations"] == ["train"] and counts["loads"] == []
     convlab.train(*TINY, "epochs=1", out_dir=tmp_path / "api", quiet=True)

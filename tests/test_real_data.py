@@ -16,7 +16,14 @@ from tests.conftest import REPO, make_cfg
 def test_plain_cnn_learns_real_cifar10_in_two_epochs(cifar_root: Path, tmp_path: Path) -> None:
     # The lab CNN at half width (a quarter of the compute, to keep CI short): 5085 training images,
     # 10 classes, chance is 10 %; two epochs reached 34 % here (the full width about 37 %).
-    overrides = ("model=plain_cnn", "model.channels=[16,32,64]", "data=cifar10", f"data.root={cifar_root}", "epochs=2", "batch_size=64")
+    overrides = (
+        "model=plain_cnn",
+        "model.channels=[16,32,64]",
+        "data=cifar10",
+        f"data.root={cifar_root}",
+        "epochs=2",
+        "batch_size=64",
+    )
     summary = train(make_cfg(tmp_path, *overrides))
     history = load_checkpoint(tmp_path)["history"]
     assert summary["test"]["acc"] >= 0.30, summary["test"]
@@ -36,6 +43,12 @@ def test_plain_script_baseline_trains_on_its_own(cifar_root: Path, tmp_path: Pat
     assert set(torch.load(out, weights_only=True)) >= {"head.weight", "head.bias"}
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     ours = {m for m in imported if m.split(".")[0] == "convlab"}
-    allowed = ("convlab", "convlab.app", "convlab.app.baseline", "convlab.core", "convlab.core.errors")  # the packages it sits in
+    allowed = (
+        "convlab",
+        "convlab.app",
+        "convlab.app.baseline",
+        "convlab.core",
+        "convlab.core.errors",
+    )  # the packages it sits in
     assert ours and all(m in allowed or m.startswith("convlab.models") for m in ours), ours
     assert not {"hydra", "omegaconf", "tensorboard"} & imported

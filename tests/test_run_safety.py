@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from convlab.core.errors import ConvlabError
 from convlab.run import rundir
 from convlab.run.checkpoint import load_checkpoint
-from convlab.core.errors import ConvlabError
 from convlab.run.runner import train
 from convlab.run.trainer import Trainer
 from tests.conftest import REPO, TINY, make_cfg, one_error_line, run_cli
@@ -23,7 +23,11 @@ from tests.conftest import REPO, TINY, make_cfg, one_error_line, run_cli
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
     """Every file under `folder` with its mtime and bytes."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +67,16 @@ def test_cli_refuses_a_second_run_into_a_folder(finished: Path) -> None:
 
 def test_a_failed_start_leaves_no_stub_and_keeps_what_was_there(tmp_path: Path) -> None:
     new = tmp_path / "new"
-    line = one_error_line(run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={new}"))
+    line = one_error_line(
+        run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={new}")
+    )
     assert "CIFAR-10 not found" in line and not new.exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    one_error_line(run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={mine}"))
+    one_error_line(
+        run_cli("train", "data=cifar10", "data.root=/nonexistent", "data.download=false", f"hydra.run.dir={mine}")
+    )
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
@@ -92,7 +100,15 @@ def test_one_process_per_run_folder(tmp_path: Path) -> None:
 
 def test_two_cli_runs_into_one_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "convlab", "train", *TINY, "epochs=5000", f"hydra.run.dir={out}"]  # still running when stopped
+    args = [
+        sys.executable,
+        "-m",
+        "convlab",
+        "train",
+        *TINY,
+        "epochs=5000",
+        f"hydra.run.dir={out}",
+    ]  # still running when stopped
     first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -178,7 +194,14 @@ def test_sigterm_ends_like_ctrl_c_and_the_printed_command_resumes(tmp_path: Path
     assert summary["status"] == "interrupted" and summary["epochs"] >= 1
     epoch = load_checkpoint(out)["epoch"]
     command = summary["resume"] + " trainer.stop_after=1"
-    again = subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True, env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    again = subprocess.run(
+        command,
+        shell=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     assert again.returncode == 0, again.stderr
     assert load_checkpoint(out)["epoch"] == epoch + 1
     assert not list(out.rglob("*.tmp"))
@@ -186,9 +209,24 @@ def test_sigterm_ends_like_ctrl_c_and_the_printed_command_resumes(tmp_path: Path
 
 def test_kill_9_during_checkpoint_writes_leaves_a_resumable_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "convlab", "train", *TINY, "epochs=400", "data.num_train=80", "batch_size=8", f"hydra.run.dir={out}"]
+    args = [
+        sys.executable,
+        "-m",
+        "convlab",
+        "train",
+        *TINY,
+        "epochs=400",
+        "data.num_train=80",
+        "batch_size=8",
+        f"hydra.run.dir={out}",
+    ]
     for attempt in range(2):
-        proc = subprocess.Popen(args if attempt == 0 else [*args[:4], f"resume={out}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args if attempt == 0 else [*args[:4], f"resume={out}"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         while time.time() < deadline and not (out / "checkpoints" / "last.pt").exists():
             time.sleep(0.05)
@@ -208,13 +246,20 @@ def small_disk(tmp_path: Path):
     """A 3 MB tmpfs (root only): a real full disk."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("needs root to mount a small tmpfs")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = small_disk / "run"
     real = Trainer._checkpoint
 

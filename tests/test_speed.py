@@ -12,14 +12,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlab.app.bench import bench, format_table
-from convlab.run.checkpoint import load_checkpoint
-from convlab.data.base import choose_loader
-from convlab.data.loader import ArrayDataLoader, TensorLoader
 from convlab.core.build import to_dict
 from convlab.core.perf import CPU_BF16_ENV, resolve_precision
+from convlab.data.base import choose_loader
+from convlab.data.loader import ArrayDataLoader, TensorLoader
+from convlab.run.checkpoint import load_checkpoint
 from convlab.run.runner import _fp16_refusal, setup, train
 from tests.conftest import SMALL, compose_cfg, make_cfg
-
 
 
 def marker_images(n: int) -> torch.Tensor:
@@ -61,7 +60,9 @@ def test_dataloader_path_shards_and_keeps_the_interface() -> None:
     images, labels = marker_images(100), torch.arange(100)
     shards = []
     for rank in range(2):
-        loader = ArrayDataLoader(images, labels, 10, mean=(0,) * 3, std=(1,) * 3, shuffle=True, seed=1, rank=rank, world_size=2)
+        loader = ArrayDataLoader(
+            images, labels, 10, mean=(0,) * 3, std=(1,) * 3, shuffle=True, seed=1, rank=rank, world_size=2
+        )
         loader.set_epoch(4)
         shards.append(torch.cat([y for _, y in loader]))
         assert len(loader) == 5
@@ -83,7 +84,9 @@ def test_dataloader_mode_trains_like_the_tensor_mode(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_and_keeps_its_scaler(precision: str, tmp_path: Path) -> None:
-    summary = train(make_cfg(tmp_path, *SMALL, "epochs=1", f"trainer.precision={precision}", "model.channels=[8,16,16]"))
+    summary = train(
+        make_cfg(tmp_path, *SMALL, "epochs=1", f"trainer.precision={precision}", "model.channels=[8,16,16]")
+    )
     assert summary["precision"] == precision and math.isfinite(summary["final"]["train/loss"])
     scaler = load_checkpoint(tmp_path)["precision"]
     assert ("scale" in scaler) == (precision == "fp16")
@@ -98,11 +101,20 @@ def test_channels_last_reaches_model_and_batches(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("write", [False, True])
-def test_device_reads_once_per_log_interval_and_step_curves_add_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: bool) -> None:
+def test_device_reads_once_per_log_interval_and_step_curves_add_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: bool
+) -> None:
     # 8 steps, log_every=3: reads after steps 3 and 6 and at the epoch's end, whether or not the step curves are written.
     run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "trainer.log_every=3"), write=write)
     reads = {"n": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__"):  # every way a tensor's value reaches the host
+    for name in (
+        "item",
+        "tolist",
+        "cpu",
+        "numpy",
+        "__float__",
+        "__bool__",
+    ):  # every way a tensor's value reaches the host
         real = getattr(torch.Tensor, name)
 
         def counting(self: torch.Tensor, *args, _real=real, **kwargs):
@@ -123,7 +135,15 @@ def test_device_reads_once_per_log_interval_and_step_curves_add_none(tmp_path: P
 
 
 def test_bench_measures_three_loops(tmp_path: Path) -> None:
-    cfg = compose_cfg("bench", *SMALL, "model.channels=[8,8,8]", "bench.steps=3", "bench.warmup=1", "bench.repeats=2", "bench.workers=1")
+    cfg = compose_cfg(
+        "bench",
+        *SMALL,
+        "model.channels=[8,8,8]",
+        "bench.steps=3",
+        "bench.warmup=1",
+        "bench.repeats=2",
+        "bench.workers=1",
+    )
     result = bench(cfg)
     assert result["reference_pid"] != os.getpid()  # loop 3 ran as a user's script runs: its own process
     assert set(result["images_per_s"]) == {"convlab", "bare", "reference"}
@@ -146,7 +166,9 @@ def test_compiled_run_reports_compile_time_apart(tmp_path: Path) -> None:
 
 def _caps(monkeypatch: pytest.MonkeyPatch, **features: object) -> None:
     monkeypatch.delenv(CPU_BF16_ENV, raising=False)  # torch's detection decides, not a forced run's switch
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "x86_64", "cpu_name": "TestCPU", **features})
+    monkeypatch.setattr(
+        torch.cpu, "get_capabilities", lambda: {"architecture": "x86_64", "cpu_name": "TestCPU", **features}
+    )
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +188,10 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.Mo
 def test_the_switch_makes_auto_decide_as_on_the_other_kind_of_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     _caps(monkeypatch, avx2=True, avx512_bf16=False)
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    assert resolve_precision("auto", torch.device("cpu")) == ("bf16", "auto: CONVLAB_CPU_BF16=1 treats TestCPU as having native bf16")
+    assert resolve_precision("auto", torch.device("cpu")) == (
+        "bf16",
+        "auto: CONVLAB_CPU_BF16=1 treats TestCPU as having native bf16",
+    )
     _caps(monkeypatch, avx512_bf16=True)
     monkeypatch.setenv(CPU_BF16_ENV, "0")
     assert resolve_precision("auto", torch.device("cpu"))[0] == "fp32"
@@ -193,14 +218,26 @@ def test_auto_precision_on_cuda_is_bf16_only_from_compute_capability_8(
     assert resolve_precision("fp32", torch.device("cuda", 0)) == ("fp32", "set by trainer.precision")
 
 
-def test_auto_falls_back_to_fp32_on_an_older_gpu_when_the_task_cannot_scale_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_fp32_on_an_older_gpu_when_the_task_cannot_scale_losses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gpu = _gpu(monkeypatch, "Tesla T4", (7, 5))
-    wgan = make_cfg(tmp_path, "model=dcgan", "data=synthetic", "task=gan", "gan.loss=wgan-gp", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]")
+    wgan = make_cfg(
+        tmp_path,
+        "model=dcgan",
+        "data=synthetic",
+        "task=gan",
+        "gan.loss=wgan-gp",
+        "data.mean=[0.5,0.5,0.5]",
+        "data.std=[0.5,0.5,0.5]",
+    )
     refusal = _fp16_refusal(to_dict(wgan)["task"])
     assert refusal == "gan.loss=wgan-gp cannot use fp16 loss scaling (its gradient penalty)"
     kind, why = resolve_precision("auto", gpu, refusal)
     assert kind == "fp32" and why.endswith(f"fp16 with loss scaling is its fast mixed precision, but {refusal}")
-    bce = make_cfg(tmp_path, "model=dcgan", "data=synthetic", "task=gan", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]")
+    bce = make_cfg(
+        tmp_path, "model=dcgan", "data=synthetic", "task=gan", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"
+    )
     assert _fp16_refusal(to_dict(bce)["task"]) == "" and _fp16_refusal(to_dict(make_cfg(tmp_path))["task"]) == ""
     assert resolve_precision("auto", torch.device("cuda", 0), "")[0] == "fp16"
 
@@ -212,8 +249,14 @@ def test_auto_precision_reaches_the_run(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_limit_train_batches_trains_that_many_steps_each_epoch(tmp_path: Path) -> None:
-    summary = train(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "epochs=2", "trainer.limit_train_batches=5", "sched=onecycle"))
+    summary = train(
+        make_cfg(
+            tmp_path, *SMALL, "model.channels=[8,8,8]", "epochs=2", "trainer.limit_train_batches=5", "sched=onecycle"
+        )
+    )
     state = load_checkpoint(tmp_path)
     assert summary["status"] == "ok" and [row["epoch"] for row in state["history"]] == [1, 2]
-    assert state["task"]["schedulers"]["model"]["last_epoch"] == 10  # 2 epochs × 5 of the 8 batches; the schedule spans exactly those
+    assert (
+        state["task"]["schedulers"]["model"]["last_epoch"] == 10
+    )  # 2 epochs × 5 of the 8 batches; the schedule spans exactly those
     assert state["task"]["schedulers"]["model"]["total_steps"] == 10

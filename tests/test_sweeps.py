@@ -52,7 +52,11 @@ def test_report_draws_the_sweep(sweep: tuple[Path, object], tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "report.md").read_text()
     assert "`optim.lr=0.2`: ok" in md and "`optim.lr=1e+30`: **failed**: training diverged in epoch 1" in md
-    sizes = {name: (1200, 800) for name in ["curves.png"]} | {"test_accuracy.png": (1000, 510), "confusion.png": (700, 680), "accuracy_vs_macs.png": (900, 600)}
+    sizes = {name: (1200, 800) for name in ["curves.png"]} | {
+        "test_accuracy.png": (1000, 510),
+        "confusion.png": (700, 680),
+        "accuracy_vs_macs.png": (900, 600),
+    }
     for name, size in sizes.items():
         assert (tmp_path / name).stat().st_size > 10_000 and Image.open(tmp_path / name).size == size, name
         assert f"]({name})" in md
@@ -74,9 +78,14 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_its_first_job_steps(name: str, tmp_path: Path, faces_256: Path) -> None:
     full = compose_cfg("train", f"+experiment={name}", return_hydra_config=True)
-    sweeps = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (full.hydra.sweeper.params or {}).items()])
+    sweeps = OverridesParser.create().parse_overrides(
+        [f"{k}={v}" for k, v in (full.hydra.sweeper.params or {}).items()]
+    )
     first = [f"{o.key_or_group}={next(o.sweep_string_iterator())}" for o in sweeps]
-    data = {"cifar10": [f"data.root={CIFAR_SUBSET}"], "anime_faces": [f"data.root={faces_256}", f"data.cache_dir={tmp_path}", "data.image_size=32"]}
+    data = {
+        "cifar10": [f"data.root={CIFAR_SUBSET}"],
+        "anime_faces": [f"data.root={faces_256}", f"data.cache_dir={tmp_path}", "data.image_size=32"],
+    }
     extra = data.get(full.data.name, []) + ["batch_size=16", f"out_dir={tmp_path}"]
     cfg = compose_cfg("train", f"+experiment={name}", *first, *extra)
     if full.data.name == "cifar10" and not CIFAR_SUBSET.is_dir():
@@ -88,7 +97,9 @@ def test_every_experiment_composes_and_its_first_job_steps(name: str, tmp_path: 
 
 @pytest.mark.slow  # 30-50 s: left out of the default run to keep CI under 10 minutes
 def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
-    proc = run_cli("train", "-m", "hydra/launcher=parallel", "model=plain_cnn,hdc", *TINY, f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli(
+        "train", "-m", "hydra/launcher=parallel", "model=plain_cnn,hdc", *TINY, f"hydra.sweep.dir={tmp_path}"
+    )
     assert proc.returncode == 0, proc.stderr
     spans = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
     assert len(spans) == 2 and all(s["status"] == "ok" for s in spans)
@@ -101,7 +112,12 @@ def test_two_jobs_run_at_once_on_the_cpu(tmp_path: Path) -> None:
 @pytest.mark.slow  # 50 s: left out of the default run to keep CI under 10 minutes
 def test_submitit_local_sweep_keeps_its_summary(tmp_path: Path) -> None:
     # Two jobs through submitit, each with two tasks: one DDP process per task, as on SLURM.
-    args = ["optim.lr=0.1,0.2", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "model._target_=tests.conftest.TinyNet"]
+    args = [
+        "optim.lr=0.1,0.2",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        "model._target_=tests.conftest.TinyNet",
+    ]
     proc = run_cli("train", "-m", *args, *TINY, "epochs=1", "device=cpu", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
@@ -114,7 +130,9 @@ def test_submitit_local_sweep_keeps_its_summary(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # 25 s: left out of the default run to keep CI under 10 minutes
 def test_optuna_search_reports_its_best_trial(tmp_path: Path) -> None:
-    proc = run_cli("train", "-m", "+search=lr_wd", "hydra.sweeper.n_trials=4", *TINY, "epochs=1", f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli(
+        "train", "-m", "+search=lr_wd", "hydra.sweeper.n_trials=4", *TINY, "epochs=1", f"hydra.sweep.dir={tmp_path}"
+    )
     assert proc.returncode == 0, proc.stderr
     results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
@@ -139,7 +157,9 @@ def test_tensorboard_custom_scalars_for_the_sweep_folder(sweep: tuple[Path, obje
     mux = EventMultiplexer()
     mux.AddRunsFromDirectory(str(out))
     mux.Reload()
-    context = base_plugin.TBContext(logdir=str(out), data_provider=MultiplexerDataProvider(mux, str(out)), plugin_name_to_instance={})
+    context = base_plugin.TBContext(
+        logdir=str(out), data_provider=MultiplexerDataProvider(mux, str(out)), plugin_name_to_instance={}
+    )
     layout = json.loads(CustomScalarsPlugin(context).layout_impl(RequestContext(), ""))  # what the browser receives
     charts = {(cat["title"], c["title"]): c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
     assert charts[("train vs val (per epoch)", "loss")] == ["^train/loss$", "^val/loss$"]
@@ -150,7 +170,11 @@ def test_tensorboard_custom_scalars_for_the_sweep_folder(sweep: tuple[Path, obje
         tags = mux.GetAccumulator(run).Tags()["tensors"]
         for (category, title), regexes in charts.items():
             drawn = [t for t in tags if any(re.match(r, t) for r in regexes)]
-            assert len(drawn) == (2 if title in ("loss", "accuracy") and category != "per step" else 1), (run, title, drawn)
+            assert len(drawn) == (2 if title in ("loss", "accuracy") and category != "per step" else 1), (
+                run,
+                title,
+                drawn,
+            )
             assert all(t.startswith("step/") == (category == "per step") for t in drawn)
 
 

@@ -92,15 +92,22 @@ def test_report_shows_its_metrics_and_curves(runs: Path, tmp_path: Path) -> None
     for row in rows:
         cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
         run = runs / cells["job"]
-        assert cells["test/mse"] == f"{summary(run)['test']['mse']:.4f}" and cells["final val/mse"] == f"{curves(run)[-1]['val/mse']:.4f}"
+        assert (
+            cells["test/mse"] == f"{summary(run)['test']['mse']:.4f}"
+            and cells["final val/mse"] == f"{curves(run)[-1]['val/mse']:.4f}"
+        )
     assert len(rows) == 2 and "![Reconstruction error per epoch](toy_curves.png)" in md
     assert (tmp_path / "toy_curves.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "curves.png").exists()
 
 
 def test_runs_are_recognised_by_config_or_by_marker(runs: Path) -> None:
     assert task_of(runs / "full", []) is ToyTask  # .hydra/config.yaml names it (and it is trusted)
-    assert not (runs / "cut" / ".hydra" / "config.yaml").is_file() and read_run(runs / "cut").task is ToyTask  # its train/mse column
-    gan = task_of(REPO / "tests" / "fixtures" / "runs_v0_1" / "gan", [])  # its config says task: ${gan}, a link followed without resolvers
+    assert (
+        not (runs / "cut" / ".hydra" / "config.yaml").is_file() and read_run(runs / "cut").task is ToyTask
+    )  # its train/mse column
+    gan = task_of(
+        REPO / "tests" / "fixtures" / "runs_v0_1" / "gan", []
+    )  # its config says task: ${gan}, a link followed without resolvers
     assert gan is not None and gan.samples and gan.kind == "GAN"
     with pytest.MonkeyPatch.context() as m:
         m.delenv(TRUST_ENV)
@@ -111,9 +118,14 @@ def test_sample_and_inspect_refuse_it_in_one_line(runs: Path, tmp_path: Path) ->
     with initialize_config_module("convlab.conf", version_base="1.3"):
         sample = compose("sample", overrides=[f"ckpt={runs / 'full'}", f"out={tmp_path / 'grid.png'}", "device=cpu"])
         inspect = compose("inspect", overrides=[f"ckpt={runs / 'full'}", f"out={tmp_path / 'inspect'}", "device=cpu"])
-    with pytest.raises(ConvlabError, match=r"^checkpoint .*last\.pt holds a toy autoencoder; convlab sample needs a generator \(model=dcgan\)$"):
+    with pytest.raises(
+        ConvlabError,
+        match=r"^checkpoint .*last\.pt holds a toy autoencoder; convlab sample needs a generator \(model=dcgan\)$",
+    ):
         sample_checkpoint(sample)
-    with pytest.raises(ConvlabError, match=r"^checkpoint .*last\.pt holds a toy autoencoder; convlab inspect reads classifiers$"):
+    with pytest.raises(
+        ConvlabError, match=r"^checkpoint .*last\.pt holds a toy autoencoder; convlab inspect reads classifiers$"
+    ):
         inspect_model(inspect)
     assert not (tmp_path / "grid.png").exists() and not (tmp_path / "inspect").exists()
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from convlab.run.checkpoint import load_checkpoint
 from convlab.core.build import build
 from convlab.core.errors import ConvlabError
-from convlab.tasks.classification import ClassificationTask
+from convlab.run.checkpoint import load_checkpoint
 from convlab.run.runner import train
+from convlab.tasks.classification import ClassificationTask
 from tests.conftest import REPO, SMALL, curves, make_cfg
 
 
@@ -23,9 +23,18 @@ def test_short_run_learns_and_writes_its_outputs(tmp_path: Path) -> None:
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert summary["status"] == "ok" and summary["epochs"] == 3 and summary["parameters"] == 94_986
-    assert summary["macs"] == 777_600 + 14_450_688 + 49_840_128 + 1_280  # 3 convs (30², 28², 26² outputs) + the linear head
+    assert (
+        summary["macs"] == 777_600 + 14_450_688 + 49_840_128 + 1_280
+    )  # 3 convs (30², 28², 26² outputs) + the linear head
     assert 0.0 <= summary["test"]["acc"] <= 1.0 and len(summary["test"]["per_class_acc"]) == 10
-    for name in ("metrics.csv", "summary.json", "confusion_matrix.png", "effective_field.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "metrics.csv",
+        "summary.json",
+        "confusion_matrix.png",
+        "effective_field.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "summary.json").read_text())["best"] == summary["best"]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
@@ -58,10 +67,21 @@ def test_same_seed_same_numbers(tmp_path: Path, precision: str) -> None:
     ],
     ids=["fp32", "bf16", "fp16"],
 )
-def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: list[str]) -> None:
+def test_interrupted_run_resumes_to_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: list[str]
+) -> None:
     # alexnet_lite has dropout, so this also checks that the global RNG state is restored;
     # 16×16 images keep it quick (and show that the input size comes from the data).
-    overrides = (*SMALL, "data.num_train=300", "data.image_size=16", *model, "epochs=3", "sched=onecycle", "optim=adamw", "trainer.log_every=2")
+    overrides = (
+        *SMALL,
+        "data.num_train=300",
+        "data.image_size=16",
+        *model,
+        "epochs=3",
+        "sched=onecycle",
+        "optim=adamw",
+        "trainer.log_every=2",
+    )
     full = train(make_cfg(tmp_path / "full", *overrides))
 
     steps_per_epoch = 270 // 64  # 300 images less the 10 % validation split, full batches only
@@ -106,7 +126,9 @@ def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
 
 
-def test_divergence_stops_with_the_epoch_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_divergence_stops_with_the_epoch_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_step = ClassificationTask.train_step
     calls = {"n": 0}
 
@@ -163,9 +185,13 @@ def test_every_optimizer_and_schedule_runs_and_round_trips(optim: str, sched: st
     opt.load_state_dict(state["opt"])
 
 
-def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_early_stop_tests_the_best_weights_and_resumes_as_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # Validation accuracy is scripted; the training and the final test pass are real.
-    scripted = iter([0.5, 0.6, 0.62, 0.61, 0.9])  # +0.1 improves; +0.02 does not beat min_delta=0.05, but is best.pt's best
+    scripted = iter(
+        [0.5, 0.6, 0.62, 0.61, 0.9]
+    )  # +0.1 improves; +0.02 does not beat min_delta=0.05, but is best.pt's best
     real_evaluate = ClassificationTask.evaluate
 
     def evaluate(self: ClassificationTask, loader, final: bool = False) -> dict:
@@ -173,14 +199,24 @@ def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Pat
         return result if final else result | {"acc": next(scripted)}
 
     monkeypatch.setattr(ClassificationTask, "evaluate", evaluate)
-    overrides = (*SMALL, "model.channels=[8,8,8]", "epochs=6", "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=0.05")
+    overrides = (
+        *SMALL,
+        "model.channels=[8,8,8]",
+        "epochs=6",
+        "trainer.early_stop.patience=2",
+        "trainer.early_stop.min_delta=0.05",
+    )
     summary = train(make_cfg(tmp_path, *overrides))
     assert summary["status"] == "ok" and summary["epochs"] == 4
     assert summary["early_stop"] == {
         "metric": "val/acc", "mode": "max", "patience": 2, "min_delta": 0.05, "stopped": True, "epoch": 4,
         "reason": "val/acc did not improve by more than 0.05 on 0.6 (epoch 2) in 2 validation passes",
     }  # fmt: skip
-    assert summary["best"]["epoch"] == 3 and summary["test_weights"]["which"] == "best" and summary["test_weights"]["epoch"] == 3
+    assert (
+        summary["best"]["epoch"] == 3
+        and summary["test_weights"]["which"] == "best"
+        and summary["test_weights"]["epoch"] == 3
+    )
     assert load_checkpoint(tmp_path)["epoch"] == 4  # last.pt keeps the last weights
     # The tested weights are best.pt's: convlab.load of the run folder gives them, and they score the summary's test accuracy.
     import convlab
@@ -202,12 +238,16 @@ def test_early_stop_tests_the_best_weights_and_resumes_as_finished(tmp_path: Pat
     # Its last.pt copied elsewhere has nothing to continue: branching from it is refused in one line.
     copy = tmp_path.parent / "copied.pt"
     copy.write_bytes((tmp_path / "checkpoints" / "last.pt").read_bytes())
-    with pytest.raises(ConvlabError, match=r"run stopped early at epoch 4 .*nothing to continue: score it with convlab eval ckpt="):
+    with pytest.raises(
+        ConvlabError, match=r"run stopped early at epoch 4 .*nothing to continue: score it with convlab eval ckpt="
+    ):
         train(make_cfg(tmp_path.parent / "branch", f"resume={copy}"))
     assert not (tmp_path.parent / "branch").exists()
 
 
-def test_a_run_cut_during_its_early_stop_test_pass_resumes_straight_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_cut_during_its_early_stop_test_pass_resumes_straight_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_evaluate = ClassificationTask.evaluate
     scripted = iter([0.5, 0.4])
 
@@ -222,10 +262,16 @@ def test_a_run_cut_during_its_early_stop_test_pass_resumes_straight_to_it(tmp_pa
         train(make_cfg(tmp_path, *overrides))
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(ClassificationTask, "evaluate", real_evaluate)
-    monkeypatch.setattr(ClassificationTask, "train_step", lambda *a: pytest.fail("a run that stopped early trains no further"))
+    monkeypatch.setattr(
+        ClassificationTask, "train_step", lambda *a: pytest.fail("a run that stopped early trains no further")
+    )
     summary = train(make_cfg(tmp_path, f"resume={tmp_path}"))
     assert summary["status"] == "ok" and summary["epochs"] == 2 and summary["early_stop"]["epoch"] == 2
-    assert summary["test_weights"] == {"which": "best", "epoch": 1, "checkpoint": str(tmp_path / "checkpoints" / "best.pt")}
+    assert summary["test_weights"] == {
+        "which": "best",
+        "epoch": 1,
+        "checkpoint": str(tmp_path / "checkpoints" / "best.pt"),
+    }
 
 
 @pytest.mark.parametrize(

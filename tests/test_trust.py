@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from convlab.run import trust
-from convlab.run.rundir import resume_command
-from convlab.run.checkpoint import load_checkpoint
-from convlab.core.errors import ConvlabError
 from convlab.app.evaluate import evaluate_checkpoint, sample_checkpoint
+from convlab.core.errors import ConvlabError
+from convlab.run import trust
+from convlab.run.checkpoint import load_checkpoint
+from convlab.run.rundir import resume_command
 from convlab.run.runner import train
 from tests.conftest import TINY, Payload, compose_cfg, make_cfg, one_error_line, run_cli
 
@@ -68,7 +68,10 @@ TARGETS = {
     "model target writes a file": lambda m: ("config.model", _payload(m)),
     "data target": lambda m: ("config.data._target_", "os.system"),
     "task target": lambda m: ("config.task._target_", "pathlib.Path.write_text"),
-    "optimizer partial": lambda m: ("config.optim", {"_target_": "torch.load", "_partial_": True, "weights_only": False}),
+    "optimizer partial": lambda m: (
+        "config.optim",
+        {"_target_": "torch.load", "_partial_": True, "weights_only": False},
+    ),
     "schedule": lambda m: ("config.sched._target_", "subprocess.run"),
     "nested in a model argument": lambda m: ("config.model.channels", [8, _payload(m), 16]),
     "inside _args_": lambda m: ("config.model._args_", [_payload(m)]),
@@ -78,7 +81,10 @@ TARGETS = {
     "torch.optim's base class": lambda m: ("config.optim._target_", "torch.optim.Optimizer"),
     "a private torch name": lambda m: ("config.optim._target_", "torch.optim._functional"),
     "the sweep callback": lambda m: ("config.model._target_", "convlab.app.sweep.SweepSummary"),
-    "a dataset class as the model": lambda m: ("config.model", {"_target_": "convlab.data.cifar10.CIFAR10", "root": str(m), "download": True}),
+    "a dataset class as the model": lambda m: (
+        "config.model",
+        {"_target_": "convlab.data.cifar10.CIFAR10", "root": str(m), "download": True},
+    ),
     "a model class as the optimizer": lambda m: ("config.optim._target_", "convlab.models.resnet.ResNet18"),
     "no model target": lambda m: ("config.model._target_", None),
     "a target in the gan node": lambda m: ("config.gan", _payload(m)),
@@ -91,7 +97,9 @@ TARGETS = {
 
 @pytest.mark.parametrize("reader", sorted(READERS))
 @pytest.mark.parametrize("case", sorted(TARGETS))
-def test_hostile_targets_are_refused_before_anything_is_built(case: str, reader: str, good: dict, tmp_path: Path) -> None:
+def test_hostile_targets_are_refused_before_anything_is_built(
+    case: str, reader: str, good: dict, tmp_path: Path
+) -> None:
     marker = tmp_path / "pwned"
     state = copy.deepcopy(good)
     _set(state, *TARGETS[case](marker))
@@ -112,8 +120,12 @@ def test_each_group_allows_its_own_targets_only() -> None:
     assert "convlab.models.resnet.ResNet18" in targets["model"] and "convlab.tasks.schedules.cosine" in targets["sched"]
     assert "convlab.tasks.gan.GANTask" in targets["task"] and "convlab.data.synthetic.Synthetic" in targets["data"]
     assert trust.allowed("optim", "torch.optim.RMSprop") and trust.allowed("sched", "torch.optim.lr_scheduler.StepLR")
-    assert not trust.allowed("model", "torch.optim.RMSprop") and not trust.allowed("data", "convlab.models.resnet.ResNet18")
-    assert not trust.allowed("optim", "torch.optim.Optimizer") and not trust.allowed("optim", "torch.optim.lr_scheduler.StepLR")
+    assert not trust.allowed("model", "torch.optim.RMSprop") and not trust.allowed(
+        "data", "convlab.models.resnet.ResNet18"
+    )
+    assert not trust.allowed("optim", "torch.optim.Optimizer") and not trust.allowed(
+        "optim", "torch.optim.lr_scheduler.StepLR"
+    )
 
 
 def test_a_users_own_class_is_allowed_when_they_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,8 +146,12 @@ LAYOUT = {
     "history of strings": lambda s: s.__setitem__("history", [{"epoch": "one"}]),
     "history rows without epochs": lambda s: s.__setitem__("history", [{"val/acc": 0.5} for _ in s["history"]]),
     "early stop of the wrong type": lambda s: s["config"]["trainer"].__setitem__("early_stop", {"patience": "soon"}),
-    "early stop with unknown keys": lambda s: s["config"]["trainer"].__setitem__("early_stop", {"patience": 2, "monitor": "os.system"}),
-    "early stop min_delta NaN": lambda s: s["config"]["trainer"].__setitem__("early_stop", {"patience": 2, "min_delta": float("nan")}),
+    "early stop with unknown keys": lambda s: s["config"]["trainer"].__setitem__(
+        "early_stop", {"patience": 2, "monitor": "os.system"}
+    ),
+    "early stop min_delta NaN": lambda s: s["config"]["trainer"].__setitem__(
+        "early_stop", {"patience": 2, "min_delta": float("nan")}
+    ),
     "a target outside the config": lambda s: s["best"].__setitem__("x", {"_target_": "os.system"}),
     "an unknown top-level key": lambda s: s.__setitem__("hook", {"_target_": "os.system"}),
     "data_info extra field": lambda s: s["data_info"].__setitem__("evil", 1),
@@ -148,8 +164,12 @@ LAYOUT = {
     "no optimizer state": lambda s: s["task"]["optimizers"].pop("model"),
     "schedule state with a foreign key": lambda s: s["task"]["schedulers"]["model"].__setitem__("optimizer", "x"),
     "schedule state of the wrong kind": lambda s: s["task"]["schedulers"]["model"].__setitem__("last_epoch", "late"),
-    "optimizer lr not a number": lambda s: s["task"]["optimizers"]["model"]["param_groups"][0].__setitem__("lr", "fast"),
-    "optimizer buffer of the wrong shape": lambda s: s["task"]["optimizers"]["model"]["state"].__setitem__(0, {"momentum_buffer": torch.zeros(2, 2)}),
+    "optimizer lr not a number": lambda s: s["task"]["optimizers"]["model"]["param_groups"][0].__setitem__(
+        "lr", "fast"
+    ),
+    "optimizer buffer of the wrong shape": lambda s: s["task"]["optimizers"]["model"]["state"].__setitem__(
+        0, {"momentum_buffer": torch.zeros(2, 2)}
+    ),
     "config value out of range": lambda s: s["config"].__setitem__("batch_size", -5),
     "config value of the wrong type": lambda s: s["config"]["optim"].__setitem__("lr", "fast"),
 }
@@ -185,7 +205,9 @@ def test_pickle_payloads_are_refused_with_torchs_reason(good: dict, tmp_path: Pa
         with pytest.raises(ConvlabError) as err:
             reader(tmp_path / "evil.pt")
         message = str(err.value)
-        assert "weights-only loading refused it:" in message and "makedirs" in message and "trusted source" not in message, message
+        assert (
+            "weights-only loading refused it:" in message and "makedirs" in message and "trusted source" not in message
+        ), message
         assert "\n" not in message and "\x1b" not in message
     assert not marker.exists()
 

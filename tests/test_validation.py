@@ -12,9 +12,9 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from convlab.run import schema
-from convlab.data.synthetic import Synthetic
 from convlab.core.errors import ConfigError
+from convlab.data.synthetic import Synthetic
+from convlab.run import schema
 from tests.conftest import REPO, compose_cfg, make_cfg, one_line
 
 CONF = REPO / "conf"
@@ -93,7 +93,12 @@ BAD = [
     ("train", ["trainer.early_stop.patience=0"], "trainer.early_stop.patience=0", "null or an integer >= 1"),
     ("train", ["trainer.early_stop.min_delta=-0.1"], "trainer.early_stop.min_delta=-0.1", "null or a number >= 0"),
     ("train", ["trainer.early_stop=5"], "trainer.early_stop=5", "a mapping with the keys patience, min_delta"),
-    ("train", ["model=dcgan", "data=anime_faces", "trainer.early_stop.patience=3"], "trainer.early_stop.patience=3", "with gan.fid_every=0; a GAN stops early on val/fid"),
+    (
+        "train",
+        ["model=dcgan", "data=anime_faces", "trainer.early_stop.patience=3"],
+        "trainer.early_stop.patience=3",
+        "with gan.fid_every=0; a GAN stops early on val/fid",
+    ),
     ("train", ["trainer.precision=fp8"], "trainer.precision='fp8'", "auto, fp32, bf16, fp16"),
     ("train", ["trainer.channels_last=1"], "trainer.channels_last=1", "auto, true, false"),
     ("train", ["trainer.compile=yes"], "trainer.compile='yes'", "true, false"),
@@ -144,7 +149,12 @@ BAD = [
     ("train", ["data.std=[0.2,0,0.2]"], "data.std=[0.2, 0, 0.2]", "a list of 3 numbers > 0"),
     ("train", ["data.std=abc"], "data.std='abc'", "numbers > 0"),
     ("train", ["data.root=5"], "data.root=5", "a string"),
-    ("train", ["data.root=${oc.env:CONVLAB_TEST_UNSET_VARIABLE}"], "data.root cannot be resolved", "CONVLAB_TEST_UNSET_VARIABLE"),
+    (
+        "train",
+        ["data.root=${oc.env:CONVLAB_TEST_UNSET_VARIABLE}"],
+        "data.root cannot be resolved",
+        "CONVLAB_TEST_UNSET_VARIABLE",
+    ),
     ("train", ["data.download=maybe"], "data.download='maybe'", "true, false"),
     ("train", ["data.split_seed=-1"], "data.split_seed=-1", "[0, 4294967295]"),
     ("train", [*SYN, "data.image_size=4"], "data.image_size=4", "an integer >= 8"),
@@ -152,8 +162,18 @@ BAD = [
     ("train", [*SYN, "data.num_test=0"], "data.num_test=0", "an integer >= 1"),
     ("train", [*SYN, "data.noise=-0.1"], "data.noise=-0.1", "a number >= 0"),
     ("train", [*SYN, "data.seed=x"], "data.seed='x'", "an integer"),
-    ("train", [*SYN, "data.num_train=100"], "batch_size=128 is larger than the 90 training images", "use a smaller batch_size"),
-    ("train", [*SYN, "data.num_train=100", "data.val_fraction=0.9", "batch_size=64"], "batch_size=64", "10 training images (after data.val_fraction=0.9)"),
+    (
+        "train",
+        [*SYN, "data.num_train=100"],
+        "batch_size=128 is larger than the 90 training images",
+        "use a smaller batch_size",
+    ),
+    (
+        "train",
+        [*SYN, "data.num_train=100", "data.val_fraction=0.9", "batch_size=64"],
+        "batch_size=64",
+        "10 training images (after data.val_fraction=0.9)",
+    ),
     ("train", ["data=anime_faces", "data.cache_dir=5"], "data.cache_dir=5", "a string"),
     ("train", ["data=anime_faces", "data.image_size=abc"], "data.image_size='abc'", ">= 8"),
     ("train", [*GAN, "data.image_size=48"], "data.image_size=48 is not allowed with model=dcgan", "4·2^k"),
@@ -161,9 +181,24 @@ BAD = [
     ("train", ["model.conv_impl=cuda"], "model.conv_impl='cuda'", "torch, manual"),
     ("train", ["model.conv=depthwise"], "model.conv='depthwise'", "standard, separable, grouped, shift"),
     ("train", ["model.groups=0"], "model.groups=0", ">= 1"),
-    ("train", ["model.conv=grouped", "model.groups=3"], "model.groups=3", "dividing every one of model.channels=[32, 64, 128]"),
-    ("train", ["model=resnet18", "model.conv=grouped", "model.groups=3"], "model.groups=3", "dividing every one of model.widths=[64, 128, 256, 512]"),
-    ("train", ["model=alexnet_lite", "model.conv=grouped", "model.groups=3"], "model.groups=3", "model=alexnet_lite's widths [64, 192, 384, 256, 256]"),
+    (
+        "train",
+        ["model.conv=grouped", "model.groups=3"],
+        "model.groups=3",
+        "dividing every one of model.channels=[32, 64, 128]",
+    ),
+    (
+        "train",
+        ["model=resnet18", "model.conv=grouped", "model.groups=3"],
+        "model.groups=3",
+        "dividing every one of model.widths=[64, 128, 256, 512]",
+    ),
+    (
+        "train",
+        ["model=alexnet_lite", "model.conv=grouped", "model.groups=3"],
+        "model.groups=3",
+        "model=alexnet_lite's widths [64, 192, 384, 256, 256]",
+    ),
     ("train", ["model=resnet18", "+model.widths=[64,0]"], "model.widths=[64, 0]", "positive integers"),
     ("train", ["+model.kernel_size=0"], "model.kernel_size=0", "an integer >= 1"),
     ("inspect", ["erf_images=0"], "erf_images=0", ">= 1"),
@@ -174,8 +209,18 @@ BAD = [
     ("train", ["model.channels=32"], "model.channels=32", "list of positive integers"),
     ("train", ["model=hdc", "model.dilations=[1,2]"], "model.dilations=[1, 2]", "a list of 3 positive integers"),
     ("train", ["model=hdc", "model.dilations=[1,-2,5]"], "model.dilations=[1, -2, 5]", "positive integers"),
-    ("train", ["model=hdc", "model.dilations=[8,8,8]"], "model.dilations=[8, 8, 8] shrink a 32×32 input below one pixel", "(3×3 kernels, no padding); use smaller rates"),
-    ("train", [*SYN, "data.image_size=8", "+model.kernel_size=5"], "model.dilations=[1, 1, 1] shrink a 8×8 input", "(5×5 kernels, no padding)"),
+    (
+        "train",
+        ["model=hdc", "model.dilations=[8,8,8]"],
+        "model.dilations=[8, 8, 8] shrink a 32×32 input below one pixel",
+        "(3×3 kernels, no padding); use smaller rates",
+    ),
+    (
+        "train",
+        [*SYN, "data.image_size=8", "+model.kernel_size=5"],
+        "model.dilations=[1, 1, 1] shrink a 8×8 input",
+        "(5×5 kernels, no padding)",
+    ),
     ("train", ["model=alexnet_lite", "model.hidden=0"], "model.hidden=0", ">= 1"),
     ("train", ["model=alexnet_lite", "model.dropout=1"], "model.dropout=1", "[0, 1)"),
     ("train", [*GAN, "model.z_dim=0"], "model.z_dim=0", ">= 1"),
@@ -188,11 +233,26 @@ BAD = [
     ("train", [*GAN, "gan.gp_weight=-1"], "gan.gp_weight=-1", ">= 0"),
     ("train", [*GAN, "gan.fid_every=-1"], "gan.fid_every=-1", ">= 0"),
     ("train", [*GAN, "gan.fid_samples=1"], "gan.fid_samples=1", ">= 2"),
-    ("train", [*GAN, "gan.loss=wgan-gp", "trainer.precision=fp16"], "gan.loss=wgan-gp with trainer.precision=fp16", "bf16 or fp32"),
-    ("train", [*GAN, "gan.loss=wgan-gp", "model.d_norm=batch"], "wgan-gp needs a critic without BatchNorm", "model.d_norm=layer"),
+    (
+        "train",
+        [*GAN, "gan.loss=wgan-gp", "trainer.precision=fp16"],
+        "gan.loss=wgan-gp with trainer.precision=fp16",
+        "bf16 or fp32",
+    ),
+    (
+        "train",
+        [*GAN, "gan.loss=wgan-gp", "model.d_norm=batch"],
+        "wgan-gp needs a critic without BatchNorm",
+        "model.d_norm=layer",
+    ),
     ("train", [*GAN, "batch_size=1"], "batch_size=1 is not allowed with a GAN", "at least 2 images per process"),
     ("train", [*GAN, "batch_size=2", "trainer.devices=2"], "batch_size=2", "at least 2 images per process"),
-    ("train", ["model=dcgan", *SYN, "data.num_train=100"], "a GAN needs images scaled to [-1, 1]", "data.std=[0.5,0.5,0.5]"),
+    (
+        "train",
+        ["model=dcgan", *SYN, "data.num_train=100"],
+        "a GAN needs images scaled to [-1, 1]",
+        "data.std=[0.5,0.5,0.5]",
+    ),
     ("train", ["trainer.devices=3"], "batch_size=128 is not allowed with trainer.devices=3", "a multiple of 3"),
     ("bench", ["epochs=0"], "epochs=0", ">= 1"),
     ("bench", ["bench.steps=1"], "bench.steps=1", ">= 2"),
@@ -260,7 +320,10 @@ def test_every_shipped_combination_of_groups_validates() -> None:
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_and_every_point_of_its_sweep_validates(name: str) -> None:
     params = OmegaConf.select(OmegaConf.load(CONF / "experiment" / f"{name}.yaml"), "hydra.sweeper.params") or {}
-    axes = [[f"{key}={v}" for v in PARSER.parse_override(f"{key}={values}").sweep_string_iterator()] for key, values in params.items()]
+    axes = [
+        [f"{key}={v}" for v in PARSER.parse_override(f"{key}={values}").sweep_string_iterator()]
+        for key, values in params.items()
+    ]
     for point in itertools.product(*axes):
         schema.validate(cfg_for("train", f"+experiment={name}", *point))
 
@@ -288,7 +351,9 @@ def test_a_required_key_missing_from_a_saved_config_is_named() -> None:
 
 def test_a_batch_larger_than_the_loaded_training_split_is_refused_when_training() -> None:
     data = Synthetic(num_train=20, num_test=4, val_fraction=0.1)
-    with pytest.raises(ConfigError, match=r"^batch_size=64 is larger than the 18 training images \(after data.val_fraction=0.1\)"):
+    with pytest.raises(
+        ConfigError, match=r"^batch_size=64 is larger than the 18 training images \(after data.val_fraction=0.1\)"
+    ):
         data.loaders(64, torch.device("cpu"), training=True)
     assert len(data.loaders(18, torch.device("cpu"), training=True)["train"]) == 1
     assert len(data.loaders(64, torch.device("cpu"))["val"]) == 1  # evaluation and previews may ask for a larger batch

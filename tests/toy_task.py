@@ -55,7 +55,9 @@ class ToyTask(Task):
         """The autoencoder for the data's channels and image size, with its optimizer and schedule."""
         super().__init__(**run)
         self.noise = noise
-        self.model = self.add_model("model", self.build_model(in_channels=self.info.in_channels, image_size=self.info.image_size))
+        self.model = self.add_model(
+            "model", self.build_model(in_channels=self.info.in_channels, image_size=self.info.image_size)
+        )
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """One step on the batch's images with Gaussian noise added (its labels are ignored)."""

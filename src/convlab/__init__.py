@@ -7,6 +7,7 @@ its trained model (convlab.app.api; imported on first use, so `import convlab` s
 from typing import Any
 
 from convlab.app import __version__
+
 __all__ = ["train", "load", "LoadedRun", "__version__"]
 _API = ("train", "load", "LoadedRun")
 

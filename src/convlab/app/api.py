@@ -55,8 +55,14 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
     args = _checked(overrides)
     cfg = compose("train", args, hydra=True)
     if cfg.hydra.mode == RunMode.MULTIRUN:  # hydra.mode=MULTIRUN, given or set by a config
-        raise ConfigError(f"{' '.join(args)} composes a sweep; convlab.train runs one job: run sweeps on the command line (convlab train ...)")
-    folder = Path(out_dir) if out_dir is not None else (Path(cfg.hydra.run.dir) if any(a.startswith("hydra.run.dir=") for a in args) else None)
+        raise ConfigError(
+            f"{' '.join(args)} composes a sweep; convlab.train runs one job: run sweeps on the command line (convlab train ...)"
+        )
+    folder = (
+        Path(out_dir)
+        if out_dir is not None
+        else (Path(cfg.hydra.run.dir) if any(a.startswith("hydra.run.dir=") for a in args) else None)
+    )
     with open_dict(cfg):  # validated here, before prepare() claims anything
         checked = cfg.copy()
         checked.pop("hydra")
@@ -83,18 +89,22 @@ def load(run: str | os.PathLike | dict[str, Any], device: str = "auto") -> Loade
     It goes through the same checks as `convlab eval`: weights only, the layout, the config's
     targets and values. A run folder means the weights its test pass used (best.pt after an early stop).
     """
-    from convlab.core.build import resolve_device
     from convlab.app.evaluate import data_info, load_task
+    from convlab.core.build import resolve_device
     from convlab.run.schema import device as device_rule
 
     path = run.get("out_dir") if isinstance(run, dict) else run
     if not isinstance(path, (str, os.PathLike)):
-        raise ConfigError(f"convlab.load: expected a run folder, a .pt file or the dict convlab.train returned, not {type(run).__name__}")
+        raise ConfigError(
+            f"convlab.load: expected a run folder, a .pt file or the dict convlab.train returned, not {type(run).__name__}"
+        )
     if (allowed := device_rule(device)) is not None:
         raise ConfigError(f"device={device!r} is not allowed; {allowed}")
     task, saved, state, checkpoint = load_task(OmegaConf.create({"ckpt": str(path)}), resolve_device(device))
     task.train(False)
-    return LoadedRun(task.models[task.main_model], dict(task.models), saved, data_info(state), checkpoint, state["epoch"], task)
+    return LoadedRun(
+        task.models[task.main_model], dict(task.models), saved, data_info(state), checkpoint, state["epoch"], task
+    )
 
 
 def _checked(overrides: tuple[Any, ...]) -> list[str]:
@@ -108,15 +118,21 @@ def _checked(overrides: tuple[Any, ...]) -> list[str]:
         raise ConfigError(f"convlab.train takes overrides as strings like 'epochs=3', not {bad!r}")
     flag = next((o for o in overrides if o.startswith("-")), None)
     if flag:
-        raise ConfigError(f"convlab.train takes no flags ({flag}): it runs one job; sweeps (-m) stay on the command line")
+        raise ConfigError(
+            f"convlab.train takes no flags ({flag}): it runs one job; sweeps (-m) stay on the command line"
+        )
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as e:
         raise ConfigError(f"cannot read the overrides {list(overrides)} ({str(e).splitlines()[0]})") from None
     sweep = next((o.input_line for o in parsed if o.is_sweep_override()), None)
     if sweep:
-        raise ConfigError(f"{sweep} is a sweep; convlab.train runs one job: run sweeps on the command line (convlab train -m {shlex.quote(sweep)})")
-    expand(parsed)  # unknown group choices: the CLI's words (model=nope is not a config in conf/model/; choose one of: ...)
+        raise ConfigError(
+            f"{sweep} is a sweep; convlab.train runs one job: run sweeps on the command line (convlab train -m {shlex.quote(sweep)})"
+        )
+    expand(
+        parsed
+    )  # unknown group choices: the CLI's words (model=nope is not a config in conf/model/; choose one of: ...)
     return list(overrides)
 
 

@@ -26,9 +26,9 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-import numpy as np
 import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, random_split
@@ -55,7 +55,9 @@ class ArrayImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.fromarray(self.images[i].squeeze(-1) if self.images.shape[-1] == 1 else self.images[i])), self.labels[i]
+        return self.transform(
+            Image.fromarray(self.images[i].squeeze(-1) if self.images.shape[-1] == 1 else self.images[i])
+        ), self.labels[i]
 
 
 def make_model(spec: dict, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
@@ -64,21 +66,33 @@ def make_model(spec: dict, num_classes: int, in_channels: int, image_size: int) 
     module, _, name = spec.pop("_target_").rpartition(".")
     if not module.startswith("convlab.models."):
         raise SystemExit(f"--model: {module}.{name} is not a convlab model class")
-    return getattr(importlib.import_module(module), name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **spec)
+    return getattr(importlib.import_module(module), name)(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, **spec
+    )
 
 
 def array_loader(path: str, batch_size: int, workers: int, pin: bool) -> tuple[DataLoader, tuple[int, int, int]]:
     """The augmented train loader of an .npz (see the module docstring), and (classes, channels, size)."""
     with np.load(path) as f:
         images, labels, mean, std = f["images"], f["labels"], f["mean"].tolist(), f["std"].tolist()
-    tf = T.Compose([T.RandomCrop(images.shape[-1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    tf = T.Compose(
+        [T.RandomCrop(images.shape[-1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+    )
     loader = DataLoader(
-        ArrayImages(images, labels, tf), batch_size, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin
+        ArrayImages(images, labels, tf),
+        batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin,
     )
     return loader, (int(labels.max()) + 1, images.shape[1], images.shape[-1])
 
 
-def loaders(root: str, batch_size: int, workers: int, seed: int, pin: bool) -> tuple[DataLoader, DataLoader, DataLoader]:
+def loaders(
+    root: str, batch_size: int, workers: int, seed: int, pin: bool
+) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Train (augmented), validation (10 % of the training images) and test loaders of CIFAR-10."""
     train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     test_tf = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -128,7 +142,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (fp16 with loss scaling)")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (fp16 with loss scaling)"
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--limit-train-batches", type=int, default=None)
     p.add_argument("--out", default="baseline.pt", help="where the trained weights go")
@@ -140,7 +156,10 @@ def main() -> None:
     if args.data.endswith(".npz"):
         train_loader, shape = array_loader(args.data, args.batch_size, args.workers, pin)
     else:
-        (train_loader, val_loader, test_loader), shape = loaders(args.data, args.batch_size, args.workers, args.seed, pin), (10, 3, 32)
+        (train_loader, val_loader, test_loader), shape = (
+            loaders(args.data, args.batch_size, args.workers, args.seed, pin),
+            (10, 3, 32),
+        )
     device, fmt = torch.device(args.device), torch.channels_last if args.channels_last else torch.contiguous_format
     model = make_model(json.loads(args.model), *shape).to(device, memory_format=fmt)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
@@ -191,7 +210,9 @@ def main() -> None:
             step(x, y)
             seen += len(y)
         val_loss, val_acc = evaluate(model, val_loader, device)
-        print(f"epoch {epoch}/{args.epochs}  val/loss {val_loss:.4f}  val/acc {val_acc:.4f}  {seen / (time.perf_counter() - start):.0f} img/s")
+        print(
+            f"epoch {epoch}/{args.epochs}  val/loss {val_loss:.4f}  val/acc {val_acc:.4f}  {seen / (time.perf_counter() - start):.0f} img/s"
+        )
     test_loss, test_acc = evaluate(model, test_loader, device)
     torch.save(model.state_dict(), args.out)
     print(f"test  loss {test_loss:.4f}  acc {test_acc:.4f}")

@@ -22,9 +22,9 @@ from omegaconf import DictConfig, open_dict
 from convlab.core.build import build, to_dict
 from convlab.core.errors import ConvlabError
 from convlab.core.perf import Precision
-from convlab.run.schema import validate
 from convlab.run.prepare import prepare_config
 from convlab.run.runner import Run, setup
+from convlab.run.schema import validate
 from convlab.run.trainer import sync
 
 LOOPS = {
@@ -37,7 +37,9 @@ LOOPS = {
 def _fresh_model_step(run: Run) -> Callable[[torch.Tensor, torch.Tensor], int]:
     """One plain training step (returning its batch size) of a new model and optimizer like the run's."""
     info, cfg, task = run.task.info, run.cfg, run.task
-    model = build(cfg.model, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size)
+    model = build(
+        cfg.model, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size
+    )
     model.to(run.device, memory_format=run.trainer.settings.memory_format)
     if cfg.trainer.compile:
         model.compile()
@@ -87,7 +89,9 @@ def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, re
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConvlabError(f"bench loop 3 (python -m convlab.app.baseline) failed with exit code {proc.returncode}: {last}")
+        raise ConvlabError(
+            f"bench loop 3 (python -m convlab.app.baseline) failed with exit code {proc.returncode}: {last}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -100,7 +104,9 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         with open_dict(cfg):
             cfg.out_dir = tmp
-        run = setup(prepare_config(cfg, write=False, validated=True), write=False)  # validated just above, as a bench config
+        run = setup(
+            prepare_config(cfg, write=False, validated=True), write=False
+        )  # validated just above, as a bench config
         if not run.task.inspectable:  # a classifier: one model, images in, class scores out
             raise ConvlabError(f"convlab bench measures classifiers; model={cfg.model.get('name')} is not one")
         loader, device, fmt = run.loaders["train"], run.device, run.trainer.settings.memory_format
@@ -112,7 +118,9 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
             return run.trainer.train_epoch(2, max_steps=steps + 1)[1]["perf/images_per_s"]  # its first step is untimed
 
         bare_step = _fresh_model_step(run)
-        x = torch.randn(bs, info.in_channels, info.image_size, info.image_size, device=device).contiguous(memory_format=fmt)
+        x = torch.randn(bs, info.in_channels, info.image_size, info.image_size, device=device).contiguous(
+            memory_format=fmt
+        )
         y = torch.randint(0, info.num_classes, (bs,), device=device)
 
         def bare_loop() -> float:
@@ -123,17 +131,30 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         for _ in range(repeats):
             for name, loop in loops.items():
                 rates[name].append(loop())
-        plain = _plain_script(run, Path(tmp), workers, steps, warmup, repeats)  # after loops 1-2: it needs the cores to itself
+        plain = _plain_script(
+            run, Path(tmp), workers, steps, warmup, repeats
+        )  # after loops 1-2: it needs the cores to itself
         rates["reference"] = plain["images_per_s"]
     med = {name: statistics.median(r) for name, r in rates.items()}
     return {
         "config": {
-            "model": cfg.model.get("name"), "data": cfg.data.get("name"), "device": str(device), "batch_size": bs,
-            "precision": run.task.precision.kind, "precision_reason": run.task.precision.reason, "channels_last": fmt == torch.channels_last, "compile": bool(cfg.trainer.compile),
-            "steps": steps, "warmup": warmup, "repeats": repeats, "workers": workers,
+            "model": cfg.model.get("name"),
+            "data": cfg.data.get("name"),
+            "device": str(device),
+            "batch_size": bs,
+            "precision": run.task.precision.kind,
+            "precision_reason": run.task.precision.reason,
+            "channels_last": fmt == torch.channels_last,
+            "compile": bool(cfg.trainer.compile),
+            "steps": steps,
+            "warmup": warmup,
+            "repeats": repeats,
+            "workers": workers,
         },  # fmt: skip
         "machine": {
-            "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },  # fmt: skip
         "images_per_s": med,

@@ -23,8 +23,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from convlab.app import __version__
+from convlab.core.errors import ConvlabError, Terminated
 from convlab.run.compose import preflight
-from convlab.core.errors import ConfigError, ConvlabError, Terminated
 
 log = logging.getLogger("convlab")
 # Sweep job folders are named by their overrides (conf/train.yaml); long ones are cut to stay valid names.
@@ -44,11 +44,24 @@ def _record_failure(error: BaseException) -> None:
     summary = run.read_summary()
     if summary.get("status") in (None, "running"):
         with contextlib.suppress(ConvlabError):  # the folder may be gone or the disk full: the error itself was said
-            run.write_summary(summary | {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__})
+            run.write_summary(
+                summary
+                | {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+            )
 
 
 # OS refusals that are the user's situation, not a bug: said in one line naming the path.
-USER_OS_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
+USER_OS_ERRORS = (
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+)
 
 
 @contextlib.contextmanager
@@ -86,7 +99,12 @@ def user_errors(resume_hint: bool = False) -> Iterator[None]:
             raise
         out = Path(HydraConfig.get().runtime.output_dir)
         (out / "error.txt").write_text(traceback.format_exc())
-        log.error("job failed: %s: %s (traceback in %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "", out / "error.txt")
+        log.error(
+            "job failed: %s: %s (traceback in %s)",
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+            out / "error.txt",
+        )
         _record_failure(e)
 
 
@@ -101,7 +119,9 @@ def train_main(cfg: DictConfig) -> float | None:
     join_submitit_job()
     with user_errors(resume_hint=True):
         if cfg.device == "auto" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
-            cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"  # parallel sweeps: job i on GPU i mod N
+            cfg.device = (
+                f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"  # parallel sweeps: job i on GPU i mod N
+            )
         job = PREPARED[-1] if PREPARED and not _in_sweep() else cfg  # a sweep's jobs are prepared one by one
         return train(job, _job_command())["best"]["value"]
     return None
@@ -115,7 +135,9 @@ def _job_command() -> str | None:
     if not _in_sweep():
         return typed
     job = HydraConfig.get().job
-    return f"{shlex.join(['convlab', 'train', *HydraConfig.get().overrides.task])}\n(job {job.num} of the sweep: {typed})"
+    return (
+        f"{shlex.join(['convlab', 'train', *HydraConfig.get().overrides.task])}\n(job {job.num} of the sweep: {typed})"
+    )
 
 
 @hydra.main(config_path=CONF, config_name="eval", version_base="1.3")
@@ -173,7 +195,10 @@ COMMANDS = {
     "eval": (eval_main, "evaluate a checkpoint: convlab eval ckpt=outputs/DATE/TIME [data.split=val]"),
     "bench": (bench_main, "measure training images/s: convlab bench model=resnet18 device=cuda batch_size=512"),
     "sample": (sample_main, "draw from a trained GAN: convlab sample ckpt=RUN n=64 out=grid.png [interpolate=true]"),
-    "inspect": (inspect_main, "layers, parameters, MACs, receptive fields: convlab inspect model=hdc [model.conv=shift] [ckpt=RUN]"),
+    "inspect": (
+        inspect_main,
+        "layers, parameters, MACs, receptive fields: convlab inspect model=hdc [model.conv=shift] [ckpt=RUN]",
+    ),
     "report": (report_main, "compare runs: convlab report outputs/multirun/DATE/TIME [more runs or sweeps] [out=DIR]"),
 }
 
@@ -227,18 +252,30 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
     if multirun:
         folder = Path(_value(args, "hydra.sweep.dir", None) or OmegaConf.select(first, "hydra.sweep.dir"))
         CLAIMS.append(rundir.claim(folder, explicit=_value(args, "hydra.sweep.dir", None) is not None, sweep=True))
-        return [a for a in args if not a.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={rundir.hydra_quote(str(CLAIMS[-1].folder))}"], None
+        return [a for a in args if not a.startswith("hydra.sweep.dir=")] + [
+            f"hydra.sweep.dir={rundir.hydra_quote(str(CLAIMS[-1].folder))}"
+        ], None
     from convlab.run.prepare import prepare  # reads checkpoints: imports torch
     from convlab.run.resume import finished_text
 
     given = _value(args, "hydra.run.dir", None)
-    job = prepare([a for a in args if not a.startswith("-")], out_dir=Path(given) if given else None, first=first, moved_by="hydra.run.dir=")
+    job = prepare(
+        [a for a in args if not a.startswith("-")],
+        out_dir=Path(given) if given else None,
+        first=first,
+        moved_by="hydra.run.dir=",
+    )
     if job.finished:
         print(f"{finished_text(job.plan)}; nothing to do", file=sys.stderr)
         return args, 0
     PREPARED.append(job)
-    kept = ["hydra.output_subdir=null"] if job.plan and job.plan.run_dir is not None else []  # a resumed run keeps its own .hydra config
-    return [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={rundir.hydra_quote(job.cfg.out_dir)}", *kept], None
+    kept = (
+        ["hydra.output_subdir=null"] if job.plan and job.plan.run_dir is not None else []
+    )  # a resumed run keeps its own .hydra config
+    return [a for a in args if not a.startswith("hydra.run.dir=")] + [
+        f"hydra.run.dir={rundir.hydra_quote(job.cfg.out_dir)}",
+        *kept,
+    ], None
 
 
 CLAIMS: list = []  # sweep folders this process claimed (released, and emptied if nothing was written, at exit)
@@ -258,7 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     name, args = argv[0], argv[1:]
     TYPED[:] = ["convlab", *argv]
     if name not in COMMANDS:
-        print(f"convlab: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (convlab --help)", file=sys.stderr)
+        print(
+            f"convlab: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)} (convlab --help)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if name == "report":
         args = _paths_override(args)
@@ -279,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[name][0]()
     except KeyboardInterrupt as e:  # reached here only outside a job: a sweep's own process (its jobs said theirs)
         code = 143 if isinstance(e, Terminated) else 130
-        print(f"error: {'terminated (SIGTERM)' if code == 143 else 'interrupted'}; each job's summary.json says where it stopped", file=sys.stderr)
+        print(
+            f"error: {'terminated (SIGTERM)' if code == 143 else 'interrupted'}; each job's summary.json says where it stopped",
+            file=sys.stderr,
+        )
         sys.exit(code)
     finally:
         while CLAIMS:
@@ -296,7 +339,9 @@ def _prepare_train(args: list[str], first: DictConfig | None) -> tuple[list[str]
 
     interrupts.install()  # SIGTERM like Ctrl-C, from Hydra's start on
     # A parallel sweep stopped by Ctrl-C leaves joblib's semaphores to its resource tracker, which warns in two lines.
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]))
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"])
+    )
     if "WORLD_SIZE" in os.environ:  # one of several training processes: rank 0 claims the folder for all
         from convlab.run.distributed import join
 
@@ -305,7 +350,9 @@ def _prepare_train(args: list[str], first: DictConfig | None) -> tuple[list[str]
     if devices.isdigit() and int(devices) > 1:
         from convlab.run.distributed import check_devices, launch
 
-        check_devices(_value(args, "device", "auto"), int(devices))  # an unavailable device: one line here, not one per process
+        check_devices(
+            _value(args, "device", "auto"), int(devices)
+        )  # an unavailable device: one line here, not one per process
         launch(int(devices), ["train", *args])
         return args, 0
     return _claim_folders(args, first)

@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from convlab.run.checkpoint import find_checkpoint, load_checkpoint
 from convlab.core.build import build, resolve_device
-from convlab.data.base import DataInfo
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.core.perf import Precision, resolve_precision
+from convlab.data.base import DataInfo
+from convlab.run.checkpoint import find_checkpoint, load_checkpoint
 from convlab.run.schema import validate
 from convlab.run.stopping import EarlyStop
-from convlab.tasks.base import Task, numbers_only
 from convlab.run.trainer import batches_on
+from convlab.tasks.base import Task, numbers_only
 
 
 def data_info(state: dict[str, Any]) -> DataInfo:
@@ -26,7 +26,9 @@ def data_info(state: dict[str, Any]) -> DataInfo:
     return DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
 
 
-def load_task(cfg: DictConfig, device: torch.device, precision: Precision | None = None) -> tuple[Task, DictConfig, dict[str, Any], Path]:
+def load_task(
+    cfg: DictConfig, device: torch.device, precision: Precision | None = None
+) -> tuple[Task, DictConfig, dict[str, Any], Path]:
     """The task of checkpoint `cfg.ckpt` with its trained weights on `device`; also its config, state and path.
 
     A run folder means the weights its test pass used: last.pt, or best.pt when the run stopped early.
@@ -38,13 +40,21 @@ def load_task(cfg: DictConfig, device: torch.device, precision: Precision | None
         raise ConfigError("ckpt=PATH is required: a .pt file or a run directory")
     path = find_checkpoint(cfg.ckpt)
     state = load_checkpoint(path)
-    if Path(cfg.ckpt).is_dir() and EarlyStop.of_checkpoint(state).verdict(state["history"]) and (path.parent / "best.pt").is_file():
-        path = path.parent / "best.pt"  # the run stopped early and was tested on its best weights: a run folder means those
+    if (
+        Path(cfg.ckpt).is_dir()
+        and EarlyStop.of_checkpoint(state).verdict(state["history"])
+        and (path.parent / "best.pt").is_file()
+    ):
+        path = (
+            path.parent / "best.pt"
+        )  # the run stopped early and was tested on its best weights: a run folder means those
         state = load_checkpoint(path)  # (without best.pt its test fell back to last.pt, and so does this)
     saved = OmegaConf.create(state["config"])
     info = data_info(state)
     parts = {k: OmegaConf.to_container(saved[k]) for k in ("model", "optim", "sched")}
-    task = build(saved.task, "task", **parts, info=info, device=device, total_steps=1, steps_per_epoch=1, precision=precision)
+    task = build(
+        saved.task, "task", **parts, info=info, device=device, total_steps=1, steps_per_epoch=1, precision=precision
+    )
     try:
         task.load_state_dict(state["task"])
     except ConvlabError as e:
@@ -118,8 +128,14 @@ def _check_image_name(out: str) -> None:
     if _writes_rgb(extensions.get(suffix)):
         return
     some = [e for e in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff", ".gif") if _writes_rgb(extensions.get(e))]
-    problem = f"PIL cannot write a colour image as {suffix}" if suffix else "it has no extension to choose the image format by"
-    raise ConfigError(f"out={out}: {problem}; end the file name in {', '.join(some)} (or give a folder, out=DIR/, for one PNG per image)")
+    problem = (
+        f"PIL cannot write a colour image as {suffix}"
+        if suffix
+        else "it has no extension to choose the image format by"
+    )
+    raise ConfigError(
+        f"out={out}: {problem}; end the file name in {', '.join(some)} (or give a folder, out=DIR/, for one PNG per image)"
+    )
 
 
 def sample_checkpoint(cfg: DictConfig) -> list[Path]:
@@ -134,7 +150,9 @@ def sample_checkpoint(cfg: DictConfig) -> list[Path]:
     device = resolve_device(cfg.device)
     task, saved, _, path = load_task(cfg, device)
     if not task.samples:
-        raise ConvlabError(f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; convlab sample needs a generator (model=dcgan)")
+        raise ConvlabError(
+            f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; convlab sample needs a generator (model=dcgan)"
+        )
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.interpolate:
         z0, z1 = torch.randn(2, task.z_dim, generator=g)

@@ -12,10 +12,10 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from convlab.core.io import write_atomic
-from convlab.core.errors import ConfigError, ConvlabError
-from convlab.core.plots import confusion_figure
 from convlab.app.runs import RunRecord, find_runs, table, task_classes, to_markdown
+from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.io import write_atomic
+from convlab.core.plots import confusion_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,7 +43,10 @@ def accuracy_bars(runs: list[RunRecord], key: str = "acc", label: str = "test ac
     fig = Figure(figsize=(10, 1.5 + 1.2 * len(runs)), dpi=100)
     ax = fig.add_subplot()
     accs = [r.value(f"test/{key}") for r in runs]
-    labels = [f"{r.label}\n{r.summary.get('parameters') or 0:,} params, {r.summary.get('images_per_s') or 0:.0f} img/s" for r in runs]
+    labels = [
+        f"{r.label}\n{r.summary.get('parameters') or 0:,} params, {r.summary.get('images_per_s') or 0:.0f} img/s"
+        for r in runs
+    ]
     ax.barh(range(len(runs)), accs, color="tab:blue")
     for i, acc in enumerate(accs):
         ax.text(acc, i, f" {acc:.3f}", va="center")
@@ -83,15 +86,27 @@ def report(cfg: DictConfig) -> Path:
             raise ConvlabError(f"{what}; give run folders or sweep folders (outputs/..., outputs/multirun/...)")
     runs = find_runs(paths)
     if not runs:
-        raise ConvlabError(f"no runs found in {', '.join(map(str, paths))} (a run folder holds summary.json or metrics.csv)")
-    out = Path(cfg.out) if cfg.out else paths[0] if len(paths) == 1 else Path("outputs") / "reports" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        raise ConvlabError(
+            f"no runs found in {', '.join(map(str, paths))} (a run folder holds summary.json or metrics.csv)"
+        )
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else paths[0]
+        if len(paths) == 1
+        else Path("outputs") / "reports" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    )
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out} is a file, not a folder; give a folder for report.md and its figures (it is created if missing)")
+        raise ConfigError(
+            f"out={out} is a file, not a folder; give a folder for report.md and its figures (it is created if missing)"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         return _write(out, runs, paths)
     except OSError as e:
-        raise ConvlabError(f"cannot write the report into {out} ({e.strerror or e}); give a writable folder as out=") from None
+        raise ConvlabError(
+            f"cannot write the report into {out} ({e.strerror or e}); give a writable folder as out="
+        ) from None
 
 
 def _own_png(path: Path) -> Path | None:
@@ -113,7 +128,11 @@ def _last_grid(run: RunRecord) -> Path | None:
 
 def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
     """report.md and the figures in `out`; each written atomically, replacing a symbolic link rather than writing through it."""
-    md = [f"# convlab report\n\n{len(runs)} runs from {', '.join(f'`{p}`' for p in paths)}\n", to_markdown(table(runs)), ""]
+    md = [
+        f"# convlab report\n\n{len(runs)} runs from {', '.join(f'`{p}`' for p in paths)}\n",
+        to_markdown(table(runs)),
+        "",
+    ]
     md += ["## Runs (labels in the figures)\n"]
     for r in runs:
         detail = r.problem or r.summary.get("error")
@@ -130,7 +149,11 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
         keys = {key for key, _ in spec.curves}
         drawn = [r for r in runs if r.task is task and any(keys & row.keys() for row in r.history)]
         if drawn:
-            figure(spec.curves_png or f"{task.__name__.lower()}_curves.png", curves_figure(drawn, spec.curves), spec.caption)
+            figure(
+                spec.curves_png or f"{task.__name__.lower()}_curves.png",
+                curves_figure(drawn, spec.curves),
+                spec.caption,
+            )
             if spec.test_metric:
                 _test_figures(drawn, spec.test_metric, figure, md, out)
             if task.samples:
@@ -140,7 +163,9 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
     return path
 
 
-def _test_figures(runs: list[RunRecord], metric: tuple[str, str], figure: Callable[[str, Figure, str], None], md: list[str], out: Path) -> None:
+def _test_figures(
+    runs: list[RunRecord], metric: tuple[str, str], figure: Callable[[str, Figure, str], None], md: list[str], out: Path
+) -> None:
     """A test value (accuracy) per run, against MACs, beside each effective field, and the best run's confusion matrix."""
     key, label = metric
     tested = [r for r in runs if r.value(f"test/{key}") is not None]
@@ -148,20 +173,35 @@ def _test_figures(runs: list[RunRecord], metric: tuple[str, str], figure: Callab
         figure("test_accuracy.png", accuracy_bars(tested, key, label), f"Final {label}")
     counted = [r for r in tested if r.summary.get("macs")]
     if counted:
-        figure("accuracy_vs_macs.png", accuracy_vs_macs(counted, key, label), f"{label.capitalize()} against MACs per image")
+        figure(
+            "accuracy_vs_macs.png",
+            accuracy_vs_macs(counted, key, label),
+            f"{label.capitalize()} against MACs per image",
+        )
     fields = [(r, _own_png(r.path / "effective_field.png")) for r in tested]
     if any(png for _, png in fields):
-        md += ["## Effective receptive fields\n", "Mean |∂ centre unit / ∂ input| of each run's last spatial layer over 32 test images, after training.\n"]
+        md += [
+            "## Effective receptive fields\n",
+            "Mean |∂ centre unit / ∂ input| of each run's last spatial layer over 32 test images, after training.\n",
+        ]
         md += [f"| run | {label} | effective receptive field |", "|---|---|---|"]
         for i, (r, png) in enumerate(fields):
             if png:
                 write_atomic(out / f"field_{i}.png", lambda tmp, png=png: shutil.copyfile(png, tmp))
                 md.append(f"| `{r.label}` | {r.value(f'test/{key}'):.3f} | ![field](field_{i}.png) |")
         md.append("")
-    best = max((r for r in tested if r.summary["test"].get("confusion")), key=lambda r: r.value(f"test/{key}"), default=None)
+    best = max(
+        (r for r in tested if r.summary["test"].get("confusion")), key=lambda r: r.value(f"test/{key}"), default=None
+    )
     if best:
-        names = list(best.summary["test"].get("per_class_acc") or {}) or [str(i) for i in range(len(best.summary["test"]["confusion"]))]
-        figure("confusion.png", confusion_figure(torch.tensor(best.summary["test"]["confusion"]), names), f"Confusion matrix of the best run ({best.label})")
+        names = list(best.summary["test"].get("per_class_acc") or {}) or [
+            str(i) for i in range(len(best.summary["test"]["confusion"]))
+        ]
+        figure(
+            "confusion.png",
+            confusion_figure(torch.tensor(best.summary["test"]["confusion"]), names),
+            f"Confusion matrix of the best run ({best.label})",
+        )
 
 
 def _samples(runs: list[RunRecord], md: list[str], out: Path) -> None:

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from convlab.run import rundir
 from convlab.core.errors import ConvlabError
+from convlab.run import rundir
 
 STATUSES = ("ok", "failed", "interrupted", "running", "stopped")
 SUMMARY, METRICS, OVERRIDES, CONFIG = "summary.json", "metrics.csv", ".hydra/overrides.yaml", ".hydra/config.yaml"
@@ -70,7 +70,9 @@ def _read_text(run_dir: Path, name: str) -> str | None:
     except OSError as e:
         raise BrokenRun(f"{name}: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a special file"
+        kind = (
+            "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a special file"
+        )
         raise BrokenRun(f"{name} is {kind}, not a regular file")
     if st.st_size > MAX_BYTES[name]:
         raise BrokenRun(f"{name} is {st.st_size:,} bytes, more than a run writes ({MAX_BYTES[name]:,} at most)")
@@ -89,7 +91,9 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     except (yaml.YAMLError, RecursionError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise BrokenRun(f"{OVERRIDES} is not valid YAML ({getattr(e, 'problem', None) or type(e).__name__}{where})") from None
+        raise BrokenRun(
+            f"{OVERRIDES} is not valid YAML ({getattr(e, 'problem', None) or type(e).__name__}{where})"
+        ) from None
     if items is None:
         items = []
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
@@ -121,7 +125,9 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
             try:
                 row[k] = float(v)
             except ValueError:
-                raise BrokenRun(f"{METRICS} line {number}, column {reprlib.repr(k)}: {reprlib.repr(v)} is not a number") from None
+                raise BrokenRun(
+                    f"{METRICS} line {number}, column {reprlib.repr(k)}: {reprlib.repr(v)} is not a number"
+                ) from None
         if "epoch" not in row:
             raise BrokenRun(f"{METRICS} line {number} has no epoch")
         history.append(row)
@@ -137,7 +143,11 @@ def _count(v: Any) -> bool:
 
 
 def _matrix(v: Any) -> bool:
-    return isinstance(v, list) and 0 < len(v) <= MAX_CLASSES and all(isinstance(row, list) and len(row) == len(v) and all(map(_count, row)) for row in v)
+    return (
+        isinstance(v, list)
+        and 0 < len(v) <= MAX_CLASSES
+        and all(isinstance(row, list) and len(row) == len(v) and all(map(_count, row)) for row in v)
+    )
 
 
 # (path in summary.json, test, what is allowed): the fields that tables, figures and sweeps read.
@@ -149,7 +159,11 @@ SUMMARY_FIELDS: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] =
     (("macs",), _count, "a count"),
     (("wall_time_s",), _number, "a number"),
     (("images_per_s",), _number, "a number"),
-    (("best",), lambda v: isinstance(v, dict) and {"metric", "mode", "value"} <= v.keys(), "an object with metric, mode and value"),
+    (
+        ("best",),
+        lambda v: isinstance(v, dict) and {"metric", "mode", "value"} <= v.keys(),
+        "an object with metric, mode and value",
+    ),
     (("best", "metric"), lambda v: isinstance(v, str), "a string"),
     (("best", "mode"), lambda v: v in ("max", "min"), "max or min"),
     (("best", "value"), _number, "a number"),
@@ -182,7 +196,9 @@ def _summary(run_dir: Path) -> dict[str, Any]:
             raise BrokenRun(f"{SUMMARY}: {'.'.join(path)} is {reprlib.repr(value)}; expected {allowed}")
     test = summary.get("test") or {}
     if test.get("confusion") and test.get("per_class_acc") and len(test["per_class_acc"]) != len(test["confusion"]):
-        raise BrokenRun(f"{SUMMARY}: test.per_class_acc names {len(test['per_class_acc'])} classes but test.confusion has {len(test['confusion'])}")
+        raise BrokenRun(
+            f"{SUMMARY}: test.per_class_acc names {len(test['per_class_acc'])} classes but test.confusion has {len(test['confusion'])}"
+        )
     return summary
 
 
@@ -214,7 +230,9 @@ def task_of(run_dir: Path, history: list[dict[str, float]]) -> type | None:
     from convlab.tasks.base import task_class
 
     target = _config_target(run_dir)
-    named = task_class(target) if trust.allowed("task", target) else None  # a run folder's config imports only trusted modules
+    named = (
+        task_class(target) if trust.allowed("task", target) else None
+    )  # a run folder's config imports only trusted modules
     if named is not None:
         return named
     columns = {k for row in history for k in row}
@@ -301,7 +319,9 @@ def table(runs: list[RunRecord]) -> list[dict[str, str]]:
     """One row per run: job, differing overrides, status, best and final values, test values, cost."""
     keys = differing_keys(runs)
     best_name = next((r.summary["best"]["metric"] for r in runs if r.summary.get("best")), "best")
-    columns = dict.fromkeys(c for task in task_classes(runs) for c in task.report.columns)  # final-epoch and test values
+    columns = dict.fromkeys(
+        c for task in task_classes(runs) for c in task.report.columns
+    )  # final-epoch and test values
     values = [c for c in columns if any(r.value(c) is not None for r in runs)]
     rows = []
     for r in runs:

@@ -12,8 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from convlab.run import rundir
 from convlab.app.runs import RunRecord, find_runs, table, to_csv, to_markdown
+from convlab.run import rundir
 
 # Jobs of the last sweep in this process that did not end "ok" (the CLI's exit code reads it).
 last_sweep = {"jobs": 0, "failed": 0}
@@ -37,12 +37,16 @@ class SweepSummary(Callback):
         write_atomic(sweep_dir / "summary.md", lambda tmp: Path(tmp).write_text(f"# Sweep {sweep_dir}\n\n{text}\n"))
         failed = sum(r.status != "ok" for r in runs)
         last_sweep.update(jobs=len(runs), failed=failed)
-        print(f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n(also in summary.md and summary.csv)")
+        print(
+            f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n(also in summary.md and summary.csv)"
+        )
         best = best_run(runs)
         if best is not None:
             copy_atomic(best.path / ".hydra" / "config.yaml", sweep_dir / "best_config.yaml")
             b = best.summary["best"]
-            print(f"best: {best.label} ({best.path.name}) with {b['metric']} {b['value']:.4f}; its config: {sweep_dir / 'best_config.yaml'}")
+            print(
+                f"best: {best.label} ({best.path.name}) with {b['metric']} {b['value']:.4f}; its config: {sweep_dir / 'best_config.yaml'}"
+            )
 
 
 def best_run(runs: list[RunRecord]) -> RunRecord | None:

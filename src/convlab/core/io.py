@@ -39,7 +39,9 @@ def write_atomic(path: Path, write: Any) -> None:
             raise ConvlabError(f"cannot write {path}: {e.strerror or e}") from None
         if isinstance(e, RuntimeError) and "write" in str(e).lower():  # torch.save's stream writer on a full disk
             free = shutil.disk_usage(path.parent).free
-            raise ConvlabError(f"cannot write {path}: {'No space left on device' if free < 1 << 20 else str(e).splitlines()[0]}") from None
+            raise ConvlabError(
+                f"cannot write {path}: {'No space left on device' if free < 1 << 20 else str(e).splitlines()[0]}"
+            ) from None
         raise
 
 

@@ -90,7 +90,10 @@ def cpu_bf16() -> tuple[bool, str]:
     name = caps.get("cpu_name") or caps.get("architecture", "this CPU")
     forced = os.environ.get(CPU_BF16_ENV, "")
     if forced in ("0", "1"):
-        return forced == "1", f"{CPU_BF16_ENV}={forced} treats {name} as {'having' if forced == '1' else 'lacking'} native bf16"
+        return (
+            forced == "1",
+            f"{CPU_BF16_ENV}={forced} treats {name} as {'having' if forced == '1' else 'lacking'} native bf16",
+        )
     if found:
         return True, f"{name} has native bf16 ({', '.join(found)})"
     wanted = " or ".join(features) or "a bf16 instruction set"
@@ -103,7 +106,10 @@ def cuda_bf16(device: torch.device) -> tuple[bool, str]:
     name = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
     if major >= 8:
         return True, f"{name} has native bf16"
-    return False, f"{name} has no native bf16 (it needs 8.0 or later); fp16 with loss scaling is its fast mixed precision"
+    return (
+        False,
+        f"{name} has no native bf16 (it needs 8.0 or later); fp16 with loss scaling is its fast mixed precision",
+    )
 
 
 def resolve_precision(requested: str, device: torch.device, no_fp16: str = "") -> tuple[str, str]:

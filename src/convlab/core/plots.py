@@ -21,7 +21,15 @@ def confusion_figure(cm: torch.Tensor, class_names: Sequence[str]) -> Figure:
     ax.imshow(recall.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if recall[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                int(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if recall[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), class_names, fontsize=8)
     ax.set_xlabel("predicted")

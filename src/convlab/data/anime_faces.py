@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from convlab.core.errors import ConvlabError
 from convlab.core.io import write_atomic
 from convlab.data.base import ImageDataset
-from convlab.core.errors import ConvlabError
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -49,7 +49,9 @@ class AnimeFaces(ImageDataset):
 
     class_names = ("face",)
 
-    def __init__(self, root: str = "data/anime-faces", image_size: int = 64, cache_dir: str = "~/.cache/convlab", **kwargs) -> None:
+    def __init__(
+        self, root: str = "data/anime-faces", image_size: int = 64, cache_dir: str = "~/.cache/convlab", **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.root, self.image_size, self.cache_dir = Path(root), image_size, Path(cache_dir).expanduser()
 
@@ -95,8 +97,18 @@ class AnimeFaces(ImageDataset):
         except (OSError, ValueError):
             return None
         expected = (3, self.image_size, self.image_size)
-        if not isinstance(mapped, np.ndarray) or mapped.dtype != np.uint8 or mapped.shape[1:] != expected or not 0 < len(mapped) <= max_images:
-            log.info("anime_faces: cache %s is not %d or fewer uint8 images of shape %s; decoding again", cache, max_images, expected)
+        if (
+            not isinstance(mapped, np.ndarray)
+            or mapped.dtype != np.uint8
+            or mapped.shape[1:] != expected
+            or not 0 < len(mapped) <= max_images
+        ):
+            log.info(
+                "anime_faces: cache %s is not %d or fewer uint8 images of shape %s; decoding again",
+                cache,
+                max_images,
+                expected,
+            )
             return None
         images = np.array(mapped)  # a copy in memory: the file may be replaced while training runs
         log.info("anime_faces: %d images from cache %s", len(images), cache)
@@ -110,9 +122,17 @@ class AnimeFaces(ImageDataset):
             decoded = list(pool.map(lambda f: decode(f, self.image_size), files))
         bad = [f for f, im in zip(files, decoded) if im is None]
         if len(bad) == len(files):
-            raise ConvlabError(f"anime_faces: none of the {len(files)} image files under {self.root} could be decoded; set data.root to a folder of face images")
+            raise ConvlabError(
+                f"anime_faces: none of the {len(files)} image files under {self.root} could be decoded; set data.root to a folder of face images"
+            )
         if bad:
-            log.warning("anime_faces: skipped %d unreadable file(s) of %d under %s (first: %s)", len(bad), len(files), self.root, bad[0].name)
+            log.warning(
+                "anime_faces: skipped %d unreadable file(s) of %d under %s (first: %s)",
+                len(bad),
+                len(files),
+                self.root,
+                bad[0].name,
+            )
         images = np.stack([im for im in decoded if im is not None])
         log.info("anime_faces: decoded %d images from %s", len(images), self.root)
         try:
@@ -122,7 +142,9 @@ class AnimeFaces(ImageDataset):
                 old.unlink()
             write_atomic(cache, lambda tmp: _save_npy(tmp, images))
         except OSError as e:
-            log.warning("anime_faces: could not write the cache %s (%s); set data.cache_dir to a writable folder", cache, e)
+            log.warning(
+                "anime_faces: could not write the cache %s (%s); set data.cache_dir to a writable folder", cache, e
+            )
         return images
 
 

@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 
-from convlab.data.loader import ArrayDataLoader, TensorLoader
 from convlab.core.errors import ConfigError
+from convlab.data.loader import ArrayDataLoader, TensorLoader
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
 
 
 def val_size(num_images: int, val_fraction: float) -> int:
@@ -36,6 +35,7 @@ def check_batch_fits(batch_size: int, num_train: int, val_fraction: float) -> No
             f"batch_size={batch_size} is larger than the {num_train} training images "
             f"(after data.val_fraction={val_fraction}); use a smaller batch_size"
         )
+
 
 def choose_loader(mode: str, nbytes: int, free: int | None) -> str:
     """`data.loader=auto`: the device when the images take less than half its free memory.
@@ -113,7 +113,14 @@ class ImageDataset(ABC):
         return DataInfo(len(self.class_names), x.shape[1], x.shape[-1], tuple(self.class_names), self.mean, self.std)
 
     def loaders(
-        self, batch_size: int, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1, training: bool = False
+        self,
+        batch_size: int,
+        device: torch.device,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        training: bool = False,
     ) -> dict[str, Any]:
         """Loaders of the three splits: train shuffled, cropped and flipped; val and test as they are.
 
@@ -145,5 +152,7 @@ class ImageDataset(ABC):
             if mode == "device":
                 result[split] = TensorLoader(x, y, batch, device=device, **common)
             else:
-                result[split] = ArrayDataLoader(x, y, batch, workers=self.workers, pin_memory=device.type == "cuda", **common)
+                result[split] = ArrayDataLoader(
+                    x, y, batch, workers=self.workers, pin_memory=device.type == "cuda", **common
+                )
         return result

@@ -17,8 +17,8 @@ try:  # numpy 2 moved the array internals to numpy._core; pickles from either ve
 except ImportError:  # numpy 1
     from numpy.core import multiarray, numeric  # type: ignore[no-redef]
 
-from convlab.data.base import ImageDataset
 from convlab.core.errors import ConvlabError
+from convlab.data.base import ImageDataset
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -26,7 +26,13 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 IMAGE_SIZE = 32  # every CIFAR-10 image: convlab.run.schema checks the models against it, as data.image_size elsewhere
-FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 class _NdarrayToken:
@@ -87,12 +93,18 @@ def _open_regular(path: Path) -> BinaryIO:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise ConvlabError(f"CIFAR-10 file {path} is missing; the folder is incomplete (expected {', '.join(TRAIN_FILES)}, {TEST_FILE})") from None
+        raise ConvlabError(
+            f"CIFAR-10 file {path} is missing; the folder is incomplete (expected {', '.join(TRAIN_FILES)}, {TEST_FILE})"
+        ) from None
     except OSError as e:
-        raise ConvlabError(f"CIFAR-10 file {path} is unreadable ({e.strerror or e}); replace it or point data.root elsewhere") from None
+        raise ConvlabError(
+            f"CIFAR-10 file {path} is unreadable ({e.strerror or e}); replace it or point data.root elsewhere"
+        ) from None
     if not stat.S_ISREG(mode):
         kind = next((text for test, text in FILE_KINDS if test(mode)), "a special file")
-        raise ConvlabError(f"CIFAR-10 file {path} is {kind}, not a regular file; replace it with the batch file or point data.root elsewhere")
+        raise ConvlabError(
+            f"CIFAR-10 file {path} is {kind}, not a regular file; replace it with the batch file or point data.root elsewhere"
+        )
     return open(path, "rb")
 
 
@@ -100,10 +112,14 @@ def _labels(raw: object, path: Path) -> np.ndarray:
     """The labels as int64, after checking each is an integer class index (the first bad one is named)."""
     if isinstance(raw, np.ndarray):
         if raw.ndim != 1:
-            raise ConvlabError(f"CIFAR-10 file {path} holds labels of shape {raw.shape}; expected a list of integers 0 to 9")
+            raise ConvlabError(
+                f"CIFAR-10 file {path} holds labels of shape {raw.shape}; expected a list of integers 0 to 9"
+            )
         raw = raw.tolist()
     if not isinstance(raw, (list, tuple)):
-        raise ConvlabError(f"CIFAR-10 file {path} holds labels of type {type(raw).__name__}; expected a list of integers 0 to 9")
+        raise ConvlabError(
+            f"CIFAR-10 file {path} holds labels of type {type(raw).__name__}; expected a list of integers 0 to 9"
+        )
     for i, v in enumerate(raw):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < len(CIFAR10.class_names):
             shown = int(v) if isinstance(v, (int, np.integer)) else reprlib.repr(v)
@@ -120,15 +136,32 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as e:  # truncated or foreign pickles raise many exception types
         reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever the message held
-        raise ConvlabError(f"CIFAR-10 file {path} is unreadable ({reason}); replace it or point data.root elsewhere") from None
+        raise ConvlabError(
+            f"CIFAR-10 file {path} is unreadable ({reason}); replace it or point data.root elsewhere"
+        ) from None
     if not isinstance(d, dict) or not {"data", "labels"} <= d.keys():
-        found = f"a dict with keys {reprlib.repr(sorted(map(str, d)))}" if isinstance(d, dict) else f"an object of type {type(d).__name__}"
+        found = (
+            f"a dict with keys {reprlib.repr(sorted(map(str, d)))}"
+            if isinstance(d, dict)
+            else f"an object of type {type(d).__name__}"
+        )
         raise ConvlabError(f"CIFAR-10 file {path} holds {found}; expected a dict with 'data' and 'labels'")
     data = d["data"]
     # Refused rather than cast: float pixels would wrap, and channels-last rows would reshape into garbage.
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE**2:
-        found = f"dtype {data.dtype} and shape {data.shape}" if isinstance(data, np.ndarray) else f"type {type(data).__name__}"
-        raise ConvlabError(f"CIFAR-10 file {path} holds data of {found}; expected uint8 of shape (N, 3072), one channel-major row per image")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * IMAGE_SIZE**2
+    ):
+        found = (
+            f"dtype {data.dtype} and shape {data.shape}"
+            if isinstance(data, np.ndarray)
+            else f"type {type(data).__name__}"
+        )
+        raise ConvlabError(
+            f"CIFAR-10 file {path} holds data of {found}; expected uint8 of shape (N, 3072), one channel-major row per image"
+        )
     labels = _labels(d["labels"], path)
     if len(data) != len(labels):
         raise ConvlabError(f"CIFAR-10 file {path} has {len(data)} images but {len(labels)} labels")
@@ -149,7 +182,9 @@ class CIFAR10(ImageDataset):
         if self.root.name == FOLDER and self.root.is_dir():
             return self.root
         if self.root.exists() and not self.root.is_dir():
-            raise ConvlabError(f"CIFAR-10: data.root {self.root} is a file; point data.root at a folder that holds {FOLDER}/ or use data=synthetic")
+            raise ConvlabError(
+                f"CIFAR-10: data.root {self.root} is a file; point data.root at a folder that holds {FOLDER}/ or use data=synthetic"
+            )
         folder = self.root / FOLDER
         if not folder.is_dir():
             self._fetch(folder)
@@ -165,7 +200,9 @@ class CIFAR10(ImageDataset):
             # torchvision checks the archive's md5 before extracting it.
             download_and_extract_archive(URL, download_root=str(self.root), md5=MD5)
         except Exception as e:
-            raise ConvlabError(f"CIFAR-10 not found in {folder} and the download from {URL} failed ({type(e).__name__}: {e}); offline, {offline}") from None
+            raise ConvlabError(
+                f"CIFAR-10 not found in {folder} and the download from {URL} failed ({type(e).__name__}: {e}); offline, {offline}"
+            ) from None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Read the five training batches and the test batch."""

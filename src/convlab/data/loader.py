@@ -23,7 +23,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def normaliser(mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def normaliser(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with (x/255 - mean)/std = x * scale + shift, shaped (1, C, 1, 1)."""
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     return 1.0 / (255.0 * std_t), -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
@@ -41,11 +43,15 @@ def draw_crops(n: int, padding: int, flip: bool, g: torch.Generator, device: tor
     """
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=device)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=device)
-    flipped = torch.rand(n, generator=g, device=device) < 0.5 if flip else torch.zeros(n, dtype=torch.bool, device=device)
+    flipped = (
+        torch.rand(n, generator=g, device=device) < 0.5 if flip else torch.zeros(n, dtype=torch.bool, device=device)
+    )
     return dy, dx, flipped
 
 
-def apply_crops(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+def apply_crops(
+    x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flipped: torch.Tensor
+) -> torch.Tensor:
     """Crop each image of a zero-padded (N, C, H, W) batch at (dy, dx), mirrored where `flipped`: one gather."""
     n, _, h, w = x.shape
     dev = x.device
@@ -135,13 +141,25 @@ class TensorLoader(Batches):
 class _AugmentedArray(Dataset):
     """Images of a uint8 (N, C, H, W) tensor, each cropped, flipped and normalised by torchvision."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, crop_padding: int, flip: bool, mean: Sequence[float], std: Sequence[float]) -> None:
-        from torchvision.transforms import v2  # here, not at the top: importing torchvision costs ~2 s (it loads torch._dynamo)
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        crop_padding: int,
+        flip: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        from torchvision.transforms import (
+            v2,
+        )  # here, not at the top: importing torchvision costs ~2 s (it loads torch._dynamo)
 
         self.images, self.labels = images, labels
         steps: list = [v2.RandomCrop(images.shape[-2:], padding=crop_padding)] if crop_padding else []
         steps += [v2.RandomHorizontalFlip()] if flip else []
-        self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+        self.transform = v2.Compose(
+            [*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -164,9 +182,17 @@ class ArrayDataLoader(Batches):
 
     def __post_init__(self) -> None:
         self.dataset = _AugmentedArray(self.images, self.labels, self.crop_padding, self.flip, self.mean, self.std)
-        self.drop_last = self.drop_last and len(self.labels) // self.world_size >= self.batch_size  # never drop the only batch
+        self.drop_last = (
+            self.drop_last and len(self.labels) // self.world_size >= self.batch_size
+        )  # never drop the only batch
         shard = self.world_size > 1
-        self.sampler = DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=self.shuffle, seed=self.seed, drop_last=True) if shard else None
+        self.sampler = (
+            DistributedSampler(
+                self.dataset, self.world_size, self.rank, shuffle=self.shuffle, seed=self.seed, drop_last=True
+            )
+            if shard
+            else None
+        )
         self.workers = max(1, self.workers)
         super().__post_init__()
 

@@ -80,9 +80,23 @@ class Synthetic(ImageDataset):
 
     class_names = tuple(f"{t}-{s}" for t in TEXTURES for s in SHAPES)
 
-    def __init__(self, num_train: int = 5000, num_test: int = 1000, image_size: int = 32, seed: int = 0, noise: float = 0.12, **kwargs) -> None:
+    def __init__(
+        self,
+        num_train: int = 5000,
+        num_test: int = 1000,
+        image_size: int = 32,
+        seed: int = 0,
+        noise: float = 0.12,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
-        self.num_train, self.num_test, self.image_size, self.seed, self.noise = num_train, num_test, image_size, seed, noise
+        self.num_train, self.num_test, self.image_size, self.seed, self.noise = (
+            num_train,
+            num_test,
+            image_size,
+            seed,
+            noise,
+        )
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generate the train and test images from two seeds derived from `seed`."""

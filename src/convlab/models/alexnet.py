@@ -7,7 +7,13 @@ from torch import nn
 
 from convlab.models.layers import ConvBNAct
 
-WIDTHS = (64, 192, 384, 256, 256)  # the five convolutions' output channels (convlab.run.schema checks model.groups against them)
+WIDTHS = (
+    64,
+    192,
+    384,
+    256,
+    256,
+)  # the five convolutions' output channels (convlab.run.schema checks model.groups against them)
 
 
 class AlexNetLite(nn.Module):

@@ -42,7 +42,9 @@ def kind_of(module: nn.Module) -> str:
         return KIND_NAMES[type(conv)] + impl
     if isinstance(conv, nn.Conv2d):
         return f"standard {conv.kernel_size[0]}×{conv.kernel_size[1]}{impl}"
-    return {nn.AdaptiveAvgPool2d: "global avg pool", nn.MaxPool2d: "max pool", nn.AvgPool2d: "avg pool"}.get(type(module), type(module).__name__.lower())
+    return {nn.AdaptiveAvgPool2d: "global avg pool", nn.MaxPool2d: "max pool", nn.AvgPool2d: "avg pool"}.get(
+        type(module), type(module).__name__.lower()
+    )
 
 
 def geometry(module: nn.Module) -> tuple[int, int, int] | None:
@@ -61,7 +63,10 @@ def geometry(module: nn.Module) -> tuple[int, int, int] | None:
 def layer_table(model: nn.Module, image: tuple[int, int, int]) -> dict[str, Any]:
     """Per-layer name, kind, output shape, parameters, MACs, receptive field and jump, with totals, for one (C, H, W) image."""
     rows, shapes = rows_of(model), {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape[1:]))) for name, m in rows]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape[1:])))
+        for name, m in rows
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -113,7 +118,11 @@ def effective_field(model: nn.Module, images: torch.Tensor, layer: str) -> torch
 
 def field_layer(table: dict[str, Any]) -> str:
     """The last layer on the main path whose output is still a spatial map (before global pooling)."""
-    spatial = [r for r in table["layers"] if r["receptive_field"] not in (None, "global") and r["output"] and len(r["output"]) == 3]
+    spatial = [
+        r
+        for r in table["layers"]
+        if r["receptive_field"] not in (None, "global") and r["output"] and len(r["output"]) == 3
+    ]
     return spatial[-1]["name"]
 
 
@@ -125,7 +134,9 @@ def field_of(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, str]
 
 
 # A perceptually ordered dark-to-bright ramp (magma's anchors): the field needs no matplotlib to be drawn.
-RAMP = torch.tensor([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=torch.float32) / 255
+RAMP = (
+    torch.tensor([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=torch.float32) / 255
+)
 
 
 def field_image(field: torch.Tensor, scale: int = 8) -> torch.Tensor:

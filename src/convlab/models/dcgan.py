@@ -18,7 +18,9 @@ def _blocks(image_size: int) -> int:
 def _norm2d(kind: str, channels: int) -> nn.Module:
     # "layer": GroupNorm with one group normalises over (C, H, W) per sample, i.e. LayerNorm
     # for feature maps; the WGAN-GP critic needs a per-sample norm for its gradient penalty.
-    return {"batch": lambda: nn.BatchNorm2d(channels), "layer": lambda: nn.GroupNorm(1, channels), "none": nn.Identity}[kind]()
+    return {"batch": lambda: nn.BatchNorm2d(channels), "layer": lambda: nn.GroupNorm(1, channels), "none": nn.Identity}[
+        kind
+    ]()
 
 
 class Generator(nn.Module):
@@ -31,10 +33,16 @@ class Generator(nn.Module):
         super().__init__()
         k = _blocks(image_size)
         widths = [dim * 2 ** (k - 1 - i) for i in range(k)]  # 4×4 ... (image_size/2)×(image_size/2)
-        self.project = nn.Sequential(nn.Linear(z_dim, widths[0] * 16, bias=False), nn.BatchNorm1d(widths[0] * 16), nn.ReLU(True))
+        self.project = nn.Sequential(
+            nn.Linear(z_dim, widths[0] * 16, bias=False), nn.BatchNorm1d(widths[0] * 16), nn.ReLU(True)
+        )
         layers: list[nn.Module] = []
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 5, 2, 2, output_padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 5, 2, 2, output_padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(widths[-1], out_channels, 5, 2, 2, output_padding=1), nn.Tanh()]
         self.up = nn.Sequential(*layers)
         self.z_dim, self.top = z_dim, widths[0]
@@ -82,7 +90,9 @@ def init_weights(m: nn.Module) -> None:
 class DCGAN(nn.Module):
     """The generator and discriminator of one GAN; the GAN task trains them with two optimizers."""
 
-    def __init__(self, in_channels: int = 3, image_size: int = 64, z_dim: int = 100, dim: int = 64, d_norm: str = "auto") -> None:
+    def __init__(
+        self, in_channels: int = 3, image_size: int = 64, z_dim: int = 100, dim: int = 64, d_norm: str = "auto"
+    ) -> None:
         super().__init__()
         self.generator = Generator(z_dim, dim, in_channels, image_size)
         # "auto" is BatchNorm here; the GAN task turns it into layer norm for wgan-gp.

@@ -40,7 +40,9 @@ class HDCNet(PlainCNN):
     parameter count equals PlainCNN's (dilation adds no weights).
     """
 
-    def __init__(self, num_classes: int, dilations: Sequence[int] = DILATIONS, kernel_size: int = KERNEL_SIZE, **kwargs) -> None:
+    def __init__(
+        self, num_classes: int, dilations: Sequence[int] = DILATIONS, kernel_size: int = KERNEL_SIZE, **kwargs
+    ) -> None:
         super().__init__(num_classes, dilations=dilations, kernel_size=kernel_size, **kwargs)
         problems = hdc_problems(list(dilations), kernel_size)
         if problems:

@@ -55,7 +55,9 @@ class ManualConv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        assert not isinstance(self.padding, str) and self.padding_mode == "zeros", "the manual convolution supports integer zero padding only"
+        assert not isinstance(self.padding, str) and self.padding_mode == "zeros", (
+            "the manual convolution supports integer zero padding only"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve with the hand-written im2col kernel."""
@@ -70,7 +72,17 @@ def conv_class(conv_impl: str) -> type[nn.Conv2d]:
     return CONV_IMPLS[conv_impl]
 
 
-def _standard(in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> nn.Module:
+def _standard(
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+    bias: bool,
+    conv_impl: str,
+    groups: int,
+) -> nn.Module:
     """nn.Conv2d (or the manual one): in_ch·out_ch·k² weights."""
     return conv_class(conv_impl)(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=bias)
 
@@ -82,7 +94,18 @@ class SeparableConv(nn.Sequential):
     3×3: 576 + 4,096 = 4,672 against 36,864.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        bias: bool,
+        conv_impl: str,
+        groups: int,
+    ) -> None:
         conv = conv_class(conv_impl)
         super().__init__(
             conv(in_ch, in_ch, kernel_size, stride, padding, dilation, groups=in_ch, bias=False),
@@ -98,10 +121,26 @@ class GroupedConv(nn.Sequential):
     The shuffle interleaves the groups' outputs, so the next grouped convolution mixes information across groups.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> None:
-        assert in_ch % groups == 0 and out_ch % groups == 0, f"a {in_ch} -> {out_ch} channel convolution does not split into {groups} groups"
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        bias: bool,
+        conv_impl: str,
+        groups: int,
+    ) -> None:
+        assert in_ch % groups == 0 and out_ch % groups == 0, (
+            f"a {in_ch} -> {out_ch} channel convolution does not split into {groups} groups"
+        )
         conv = conv_class(conv_impl)
-        super().__init__(conv(in_ch, out_ch, kernel_size, stride, padding, dilation, groups=groups, bias=bias), nn.ChannelShuffle(groups))
+        super().__init__(
+            conv(in_ch, out_ch, kernel_size, stride, padding, dilation, groups=groups, bias=bias),
+            nn.ChannelShuffle(groups),
+        )
 
 
 class Shift(nn.Module):
@@ -126,7 +165,13 @@ class Shift(nn.Module):
         p, d, s, k = self.padding, self.dilation, self.stride, self.kernel_size
         x = F.pad(x, (p, p, p, p))
         ho, wo = (x.shape[2] - d * (k - 1) - 1) // s + 1, (x.shape[3] - d * (k - 1) - 1) // s + 1
-        return torch.cat([x[:, a:b, i * d : i * d + s * (ho - 1) + 1 : s, j * d : j * d + s * (wo - 1) + 1 : s] for i, j, a, b in self.parts], 1)
+        return torch.cat(
+            [
+                x[:, a:b, i * d : i * d + s * (ho - 1) + 1 : s, j * d : j * d + s * (wo - 1) + 1 : s]
+                for i, j, a, b in self.parts
+            ],
+            1,
+        )
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
@@ -135,8 +180,21 @@ class Shift(nn.Module):
 class ShiftConv(nn.Sequential):
     """A shift (no weights) then a pointwise 1×1 convolution: C_in·C_out weights in place of C_in·C_out·k²."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, dilation: int, bias: bool, conv_impl: str, groups: int) -> None:
-        super().__init__(Shift(in_ch, kernel_size, stride, padding, dilation), conv_class(conv_impl)(in_ch, out_ch, 1, bias=bias))
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        bias: bool,
+        conv_impl: str,
+        groups: int,
+    ) -> None:
+        super().__init__(
+            Shift(in_ch, kernel_size, stride, padding, dilation), conv_class(conv_impl)(in_ch, out_ch, 1, bias=bias)
+        )
 
 
 CONV_KINDS = {"standard": _standard, "separable": SeparableConv, "grouped": GroupedConv, "shift": ShiftConv}
@@ -176,7 +234,10 @@ class ConvBNAct(nn.Sequential):
         conv: str = "standard",
         groups: int = 1,
     ) -> None:
-        layers: list[nn.Module] = [create_conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias, conv, conv_impl, groups), nn.BatchNorm2d(out_ch)]
+        layers: list[nn.Module] = [
+            create_conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias, conv, conv_impl, groups),
+            nn.BatchNorm2d(out_ch),
+        ]
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)

@@ -41,12 +41,23 @@ class PlainCNN(nn.Module):
         # No rates: plain convs, however many layers.
         channels = tuple(channels)
         dilations = (1,) * len(channels) if dilations is None else tuple(dilations)
-        assert out_size(image_size, dilations, kernel_size) >= 1, f"model.dilations={list(dilations)} shrink a {image_size}×{image_size} input below one pixel"
+        assert out_size(image_size, dilations, kernel_size) >= 1, (
+            f"model.dilations={list(dilations)} shrink a {image_size}×{image_size} input below one pixel"
+        )
         widths = (in_channels, *channels)
         # The first layer reads the image: it stays a standard convolution whatever model.conv says.
         self.features = nn.Sequential(
             *(
-                ConvBNAct(cin, cout, kernel_size, dilation=d, bias=True, conv_impl=conv_impl, conv="standard" if i == 0 else conv, groups=groups)
+                ConvBNAct(
+                    cin,
+                    cout,
+                    kernel_size,
+                    dilation=d,
+                    bias=True,
+                    conv_impl=conv_impl,
+                    conv="standard" if i == 0 else conv,
+                    groups=groups,
+                )
                 for i, (cin, cout, d) in enumerate(zip(widths[:-1], widths[1:], dilations))
             )
         )

@@ -13,10 +13,14 @@ WIDTHS = (64, 128, 256, 512)  # the four stages' channels
 class BasicBlock(nn.Module):
     """Two 3×3 conv-BN layers plus a shortcut (1×1 conv-BN projection when the shape changes)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, conv_impl: str = "torch", conv: str = "standard", groups: int = 1) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, conv_impl: str = "torch", conv: str = "standard", groups: int = 1
+    ) -> None:
         super().__init__()
         self.conv1 = ConvBNAct(in_ch, out_ch, 3, stride, padding=1, conv_impl=conv_impl, conv=conv, groups=groups)
-        self.conv2 = ConvBNAct(out_ch, out_ch, 3, 1, padding=1, conv_impl=conv_impl, act=False, conv=conv, groups=groups)
+        self.conv2 = ConvBNAct(
+            out_ch, out_ch, 3, 1, padding=1, conv_impl=conv_impl, act=False, conv=conv, groups=groups
+        )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = ConvBNAct(in_ch, out_ch, 1, stride, conv_impl=conv_impl, act=False)
@@ -51,7 +55,10 @@ class ResNet18(nn.Module):
         in_ch = widths[0]
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks += [BasicBlock(in_ch, w, stride, conv_impl, conv, groups), BasicBlock(w, w, 1, conv_impl, conv, groups)]
+            blocks += [
+                BasicBlock(in_ch, w, stride, conv_impl, conv, groups),
+                BasicBlock(w, w, 1, conv_impl, conv, groups),
+            ]
             in_ch = w
         self.stages = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

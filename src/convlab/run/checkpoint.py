@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,17 +12,25 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from convlab.core import interrupts
-
-from convlab.run import trust
 from convlab.core.errors import ConvlabError
 from convlab.core.io import write_atomic
+from convlab.run import trust
 from convlab.run.rundir import CKPT_DIR, LAST
 from convlab.run.schema import validate
 
 FORMAT = "convlab-checkpoint/1"
 # What every convlab checkpoint holds, by type; loaded files that differ are refused.
-LAYOUT = {"config": dict, "data_info": dict, "task": dict, "epoch": int, "history": list, "best": dict, "elapsed": (float, int), "rng": list, "precision": dict}
+LAYOUT = {
+    "config": dict,
+    "data_info": dict,
+    "task": dict,
+    "epoch": int,
+    "history": list,
+    "best": dict,
+    "elapsed": (float, int),
+    "rng": list,
+    "precision": dict,
+}
 # torch.load's advice around the reason it refused a file (the advice is to trust the file: not ours to give).
 TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "In PyTorch")
 INFO_FIELDS = {"num_classes", "in_channels", "image_size", "class_names", "mean", "std"}
@@ -41,7 +47,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if p.is_dir():
         p = p / LAST if p.name == CKPT_DIR and (p / LAST).exists() else p / CKPT_DIR / LAST
     if not p.is_file():  # also refuses FIFOs and devices, which could block or never end
-        raise ConvlabError(f"checkpoint {path} not found (expected a .pt file or a run directory holding {CKPT_DIR}/last.pt)")
+        raise ConvlabError(
+            f"checkpoint {path} not found (expected a .pt file or a run directory holding {CKPT_DIR}/last.pt)"
+        )
     return p
 
 
@@ -55,7 +63,10 @@ def _refusal(e: Exception) -> str:
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if line.strip()]
     for line in lines:
         if "WeightsUnpickler error:" in line:
-            return "weights-only loading refused it: " + line.split("WeightsUnpickler error:", 1)[1].split(" Please use")[0].strip()
+            return (
+                "weights-only loading refused it: "
+                + line.split("WeightsUnpickler error:", 1)[1].split(" Please use")[0].strip()
+            )
     if lines and lines[0].startswith("Weights only load failed"):
         reason = next((line for line in lines[1:] if not line.startswith(TORCH_ADVICE)), lines[0])
         return f"weights-only loading refused it: {reason[:300]}"
@@ -105,15 +116,24 @@ def _layout_problem(state: dict[str, Any]) -> str | None:
         if not isinstance(config.get(key), dict):
             return f"its config has no {key} section"
     epochs, epoch = config.get("epochs"), state["epoch"]
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+    if (
+        not isinstance(epochs, int)
+        or isinstance(epochs, bool)
+        or not isinstance(epoch, int)
+        or not 0 <= epoch <= epochs
+    ):
         return f"epoch {epoch!r} of epochs {epochs!r} is out of range"
     history = state["history"]
-    if len(history) != epoch or not all(isinstance(r, dict) and all(_is_number(v) for v in r.values()) for r in history):
+    if len(history) != epoch or not all(
+        isinstance(r, dict) and all(_is_number(v) for v in r.values()) for r in history
+    ):
         return f"its history does not hold {epoch} rows of numbers"
     if [r.get("epoch") for r in history] != list(range(1, epoch + 1)):
         return f"its history rows are not epochs 1 to {epoch} in order"
     info = state["data_info"]
-    if set(info) != INFO_FIELDS or not all(isinstance(info[k], int) and info[k] >= 1 for k in ("num_classes", "in_channels", "image_size")):
+    if set(info) != INFO_FIELDS or not all(
+        isinstance(info[k], int) and info[k] >= 1 for k in ("num_classes", "in_channels", "image_size")
+    ):
         return f"data_info must hold {', '.join(sorted(INFO_FIELDS))} with positive sizes"
     if not all(isinstance(info[k], (list, tuple)) and all(_is_number(v) for v in info[k]) for k in ("mean", "std")):
         return "data_info mean and std must be lists of numbers"
@@ -122,7 +142,12 @@ def _layout_problem(state: dict[str, Any]) -> str | None:
     if not all(isinstance(state["task"].get(k), dict) for k in ("models", "optimizers", "schedulers")):
         return "its task state lacks models, optimizers or schedulers"
     best = state["best"]
-    if set(best) != {"metric", "mode", "value", "epoch"} or best.get("mode") not in ("min", "max") or not isinstance(best.get("metric"), str) or not (best.get("value") is None or _is_number(best.get("value"))):
+    if (
+        set(best) != {"metric", "mode", "value", "epoch"}
+        or best.get("mode") not in ("min", "max")
+        or not isinstance(best.get("metric"), str)
+        or not (best.get("value") is None or _is_number(best.get("value")))
+    ):
         return "its best-epoch record is malformed"
     return None
 
@@ -144,4 +169,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ConvlabError(f"the checkpoint's random-number state is malformed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ConvlabError(
+            f"the checkpoint's random-number state is malformed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None

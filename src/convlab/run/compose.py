@@ -22,7 +22,11 @@ PLUGIN_EXTRAS = {"optuna": "tune", "submitit": "cluster", "joblib": "parallel"}
 
 def _group_options(group: str) -> list[str]:
     folder = resources.files("convlab.conf") / group
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+    return (
+        sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+        if folder.is_dir()
+        else []
+    )
 
 
 def compose(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
@@ -38,11 +42,17 @@ def compose(config_name: str, overrides: list[str], hydra: bool = False) -> Dict
             return compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except Exception as e:
         text = str(e) or f"{type(e).__name__}: {e.__cause__ or e.__context__}"
-        missing = re.search(rf"Could not (?:find|load) 'hydra/(?:launcher|sweeper)/({'|'.join(PLUGIN_EXTRAS)})(?:_local|_slurm)?'", text)
+        missing = re.search(
+            rf"Could not (?:find|load) 'hydra/(?:launcher|sweeper)/({'|'.join(PLUGIN_EXTRAS)})(?:_local|_slurm)?'", text
+        )
         if missing:  # an optional Hydra plugin (launcher or sweeper) that is not installed
             plugin = missing.group(1)
-            asked = next((a for a in overrides if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin)
-            raise ConfigError(f"{asked} needs Hydra's {plugin} plugin, which is not installed: pip install -e \".[{PLUGIN_EXTRAS[plugin]}]\"") from None
+            asked = next(
+                (a for a in overrides if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin
+            )
+            raise ConfigError(
+                f'{asked} needs Hydra\'s {plugin} plugin, which is not installed: pip install -e ".[{PLUGIN_EXTRAS[plugin]}]"'
+            ) from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:2])) from None
     finally:
@@ -62,7 +72,9 @@ def expand(overrides: list) -> list[list[str]] | None:
             options = _group_options(o.key_or_group)
             bad = [v for v in values if v not in options]
             if bad:
-                raise ConfigError(f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; choose one of: {', '.join(options) or '(none)'}")
+                raise ConfigError(
+                    f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; choose one of: {', '.join(options) or '(none)'}"
+                )
         choices.append([f"{o.get_key_element()}={v}" for v in values] if o.is_sweep_override() else [o.input_line])
     return [list(job) for job in itertools.islice(itertools.product(*choices), 32)]
 
@@ -96,8 +108,18 @@ def preflight(config_name: str, args: list[str]) -> DictConfig | None:
     except Exception as e:
         bad = next((o for o in parsed.overrides if not _parses(parser, o)), " ".join(parsed.overrides))
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"cannot read the override {bad!r} ({reason}); quote values that hold = , [ ] or spaces: key='value'") from None
-    if parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.config_dir or parsed.config_name or parsed.shell_completion:
+        raise ConfigError(
+            f"cannot read the override {bad!r} ({reason}); quote values that hold = , [ ] or spaces: key='value'"
+        ) from None
+    if (
+        parsed.help
+        or parsed.hydra_help
+        or parsed.cfg
+        or parsed.info
+        or parsed.config_dir
+        or parsed.config_name
+        or parsed.shell_completion
+    ):
         return None
     from convlab.run.schema import validate  # imports torch (~3 s): not for --help, --cfg and --info
 

@@ -33,7 +33,9 @@ def join(args: list[str], prepare: Callable[[], tuple[list[str], int | None]]) -
     """
     rank, _, size = world()
     if "-m" in args or "--multirun" in args:
-        sys.exit("error: -m sweeps run one process per job; start several processes per job with a launcher, not around a sweep")
+        sys.exit(
+            "error: -m sweeps run one process per job; start several processes per job with a launcher, not around a sweep"
+        )
     if not dist.is_initialized():
         # One group for both: gloo for CPU objects (like the folder name), NCCL for CUDA tensors.
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
@@ -78,7 +80,9 @@ def check_devices(spec: str, nproc: int) -> None:
 
     device = resolve_device(spec)
     if device.type == "cuda" and ":" not in spec and nproc > torch.cuda.device_count():
-        raise ConvlabError(f"trainer.devices={nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); use at most that many, or device=cpu")
+        raise ConvlabError(
+            f"trainer.devices={nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); use at most that many, or device=cpu"
+        )
 
 
 def launch(nproc: int, argv: list[str]) -> None:

@@ -45,7 +45,9 @@ class Prepared:
             unlock(self.run_dir.path)
 
 
-def prepare(overrides: list[str], *, out_dir: Path | None = None, first: DictConfig | None = None, moved_by: str = "out_dir=") -> Prepared:
+def prepare(
+    overrides: list[str], *, out_dir: Path | None = None, first: DictConfig | None = None, moved_by: str = "out_dir="
+) -> Prepared:
     """`convlab train OVERRIDES` prepared for one process: `first` is the composed config when the CLI has it.
 
     `out_dir` is the folder the caller chose (the API's out_dir=, the CLI's hydra.run.dir);
@@ -93,7 +95,9 @@ def prepare_config(cfg: DictConfig, *, write: bool = True, validated: bool = Fal
         return Prepared(cfg, plan)
     out = Path(cfg.out_dir)
     if plan is None and holds_run(out):
-        raise ConvlabError(f"{out} already holds a run; a new one would overwrite it: continue it with {resume_command(out)}, or choose another folder")
+        raise ConvlabError(
+            f"{out} already holds a run; a new one would overwrite it: continue it with {resume_command(out)}, or choose another folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return _lock(cfg, plan)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from convlab.core.errors import ConfigError, ConvlabError
 from convlab.run.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from convlab.run.rundir import RunDir
-from convlab.core.errors import ConfigError, ConvlabError
 from convlab.run.stopping import EarlyStop
 
 # Keys a resumed run may change: where it runs and how long this session lasts, nothing it learns from.
@@ -46,7 +46,9 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
             try:
                 newest = load_checkpoint(last)["epoch"]
             except ConvlabError:
-                raise ConvlabError(f"resume={resume}: the run's {last} is unreadable, so this older checkpoint could move the run backwards; copy {path.name} out of {run_dir} to start a new run from it") from None
+                raise ConvlabError(
+                    f"resume={resume}: the run's {last} is unreadable, so this older checkpoint could move the run backwards; copy {path.name} out of {run_dir} to start a new run from it"
+                ) from None
             if newest > state["epoch"]:
                 raise ConvlabError(
                     f"resume={resume} is at epoch {state['epoch']} but the run's {last} is at epoch {newest}: resuming it would discard "
@@ -55,7 +57,9 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
     check_overrides(state["config"], list(overrides))
     stopped = EarlyStop.of_checkpoint(state).verdict(state["history"])
     if stopped and run_dir is None:  # its best weights and its test belong to the run it came from
-        raise ConvlabError(f"resume={resume}: this checkpoint's run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); there is nothing to continue: score it with convlab eval ckpt={resume}")
+        raise ConvlabError(
+            f"resume={resume}: this checkpoint's run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); there is nothing to continue: score it with convlab eval ckpt={resume}"
+        )
     ended = state["epoch"] >= state["config"]["epochs"] or stopped is not None
     finished = run_dir is not None and ended and RunDir(run_dir).read_summary().get("status") == "ok"
     return Plan(path, run_dir, state, finished)
@@ -97,7 +101,11 @@ def _key(override: str) -> str:
 
 def check_overrides(saved: dict[str, Any], overrides: list[str]) -> None:
     """Refuse overrides whose values differ from the saved config's, naming each with both values."""
-    given = [o for o in overrides if "=" in o and _key(o) not in (*MAY_CHANGE, "resume", "out_dir") and not _key(o).startswith("hydra")]
+    given = [
+        o
+        for o in overrides
+        if "=" in o and _key(o) not in (*MAY_CHANGE, "resume", "out_dir") and not _key(o).startswith("hydra")
+    ]
     if not given:
         return
     from convlab.run.compose import compose
@@ -120,7 +128,9 @@ def check_overrides(saved: dict[str, Any], overrides: list[str]) -> None:
             differ.append(f"{k} (saved {_get(saved, k)!r}, given {value!r})")
     if differ:
         allowed = ", ".join(f"{k}=" for k in MAY_CHANGE)
-        raise ConfigError(f"resume= continues a run with its saved config, and these values differ from it: {'; '.join(differ)}; drop them (only {allowed} may change)")
+        raise ConfigError(
+            f"resume= continues a run with its saved config, and these values differ from it: {'; '.join(differ)}; drop them (only {allowed} may change)"
+        )
 
 
 def resume_config(cfg: DictConfig, p: Plan) -> DictConfig:

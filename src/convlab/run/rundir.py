@@ -85,9 +85,15 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         """summary.json, atomically; a folder deleted under the run is not re-created."""
         if not self.path.is_dir():
-            raise ConvlabError(f"run folder {self.path} is gone (deleted while the run was going); its summary cannot be written")
+            raise ConvlabError(
+                f"run folder {self.path} is gone (deleted while the run was going); its summary cannot be written"
+            )
         # Indented, with lists of numbers kept on one line (confusion matrices stay readable).
-        text = re.sub(r"\[\s*([-\d.e,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", json.dumps(summary, indent=2, default=str))
+        text = re.sub(
+            r"\[\s*([-\d.e,\s]+?)\s*\]",
+            lambda m: "[" + " ".join(m.group(1).split()) + "]",
+            json.dumps(summary, indent=2, default=str),
+        )
         write_atomic(self.path / SUMMARY, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
@@ -102,7 +108,9 @@ def holds_sweep(folder: Path) -> bool:
     """Whether `folder` already holds a sweep (Hydra's multirun.yaml, a summary, or job folders with runs)."""
     if not folder.is_dir():
         return False
-    return any((folder / name).exists() for name in SWEEP_FILES) or any(holds_run(d) for d in folder.iterdir() if d.is_dir())
+    return any((folder / name).exists() for name in SWEEP_FILES) or any(
+        holds_run(d) for d in folder.iterdir() if d.is_dir()
+    )
 
 
 def check_links(folder: Path) -> None:
@@ -111,7 +119,9 @@ def check_links(folder: Path) -> None:
     if (folder / ".hydra").is_dir() and not (folder / ".hydra").is_symlink():
         links += [p for p in (folder / ".hydra").iterdir() if p.is_symlink()]
     if links:
-        raise ConvlabError(f"run folder {folder}: {links[0].relative_to(folder)} is a symbolic link; convlab does not write through links (remove it or use another folder)")
+        raise ConvlabError(
+            f"run folder {folder}: {links[0].relative_to(folder)} is a symbolic link; convlab does not write through links (remove it or use another folder)"
+        )
 
 
 def lock(folder: Path) -> None:
@@ -130,7 +140,9 @@ def lock(folder: Path) -> None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
         who = f" (pid {holder})" if holder.isdigit() else ""
-        raise ConvlabError(f"run folder {folder} is in use by another convlab process{who}; wait for it to end, or use another folder") from None
+        raise ConvlabError(
+            f"run folder {folder} is in use by another convlab process{who}; wait for it to end, or use another folder"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _held[folder] = fd
@@ -212,7 +224,9 @@ class Claim:
             shutil.rmtree(self.folder, ignore_errors=True)
             return
         for entry in self.folder.iterdir():
-            if entry.name not in self.before and (entry.name in (".hydra", "train.log", LOCK_NAME) or entry.name.startswith("events.out.tfevents.")):
+            if entry.name not in self.before and (
+                entry.name in (".hydra", "train.log", LOCK_NAME) or entry.name.startswith("events.out.tfevents.")
+            ):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
@@ -243,6 +257,10 @@ def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
         if LOCK_NAME not in before:
             (folder / LOCK_NAME).unlink(missing_ok=True)
         what = "a sweep" if sweep else "a run"
-        hint = "choose another hydra.sweep.dir" if sweep else f"continue it with: {resume_command(folder)}, or choose another folder"
+        hint = (
+            "choose another hydra.sweep.dir"
+            if sweep
+            else f"continue it with: {resume_command(folder)}, or choose another folder"
+        )
         raise ConvlabError(f"{folder} already holds {what}; a new one would overwrite it: {hint}")
     return Claim(folder, created, before)

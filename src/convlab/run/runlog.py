@@ -155,7 +155,9 @@ class RunLogger:
         if not self.enabled:
             return
         for name, fig in results.get("figures", {}).items():  # a matplotlib Figure or a picture (3, H, W) in [0, 1]
-            picture = fig if isinstance(fig, torch.Tensor) else _rendered(fig)  # rendered once, for the file and TensorBoard
+            picture = (
+                fig if isinstance(fig, torch.Tensor) else _rendered(fig)
+            )  # rendered once, for the file and TensorBoard
             save_png(picture, self.out_dir / f"{name}.png")
             self.writer.add_image(f"{split}/{name}", picture, epoch)
         for name, batch in results.get("images", {}).items():
@@ -245,8 +247,15 @@ def layout(charts: dict[str, list[str]]) -> dict[str, dict[str, list]]:
     """
     tag = lambda *parts: "^" + re.escape("/".join(parts)) + "$"  # noqa: E731
     split = lambda k: k.startswith(("train/", "val/"))  # noqa: E731
-    epochs = {title: ["Multiline", [t for k in keys for t in ([tag(k)] if split(k) else [tag("train", k), tag("val", k)])]] for title, keys in charts.items()}
-    steps = {title: ["Multiline", [tag("step", "train", k) for k in keys if not split(k)]] for title, keys in charts.items() if not all(map(split, keys))}
+    epochs = {
+        title: ["Multiline", [t for k in keys for t in ([tag(k)] if split(k) else [tag("train", k), tag("val", k)])]]
+        for title, keys in charts.items()
+    }
+    steps = {
+        title: ["Multiline", [tag("step", "train", k) for k in keys if not split(k)]]
+        for title, keys in charts.items()
+        if not all(map(split, keys))
+    }
     return {
         "train vs val (per epoch)": epochs | {"learning rate": ["Multiline", ["^lr$", "^lr/"]]},
         "per step": steps | {"learning rate": ["Multiline", ["^step/lr$", "^step/lr/"]]},

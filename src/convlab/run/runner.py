@@ -16,17 +16,16 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig
 
-from convlab.run import distributed, resume
-from convlab.run.prepare import Prepared, prepare_config
-from convlab.run.rundir import RunDir, resume_command
-
 from convlab.core import interrupts
 from convlab.core.build import build, resolve_device, to_dict
 from convlab.core.errors import ConfigError, ConvlabError
-from convlab.run.runlog import RunLogger, flatten
 from convlab.core.perf import Precision, keep_freed_memory, resolve_speed_settings
-from convlab.tasks.base import Task, numbers_only
+from convlab.run import distributed, resume
+from convlab.run.prepare import Prepared, prepare_config
+from convlab.run.rundir import RunDir, resume_command
+from convlab.run.runlog import RunLogger, flatten
 from convlab.run.trainer import Trainer, TrainerSettings
+from convlab.tasks.base import Task, numbers_only
 
 log = logging.getLogger("convlab")
 
@@ -82,7 +81,9 @@ def setup(job: DictConfig | Prepared, write: bool = True) -> Run:
     if owned:
         job = prepare_config(job, write=write and rank == 0)
     if job.removed_temp_files:
-        log.info("removed %d temporary file(s) left by an interrupted write in %s", job.removed_temp_files, job.cfg.out_dir)
+        log.info(
+            "removed %d temporary file(s) left by an interrupted write in %s", job.removed_temp_files, job.cfg.out_dir
+        )
     try:
         return _assemble(job, write, rank, local_rank, world_size)
     except BaseException:  # a failed start leaves no lock behind (a notebook's process lives on)
@@ -107,9 +108,13 @@ def _assemble(job: Prepared, write: bool, rank: int, local_rank: int, world_size
     if device.type == "cpu":
         keep_freed_memory()
     if cfg.trainer.sync_bn and device.type != "cuda":
-        raise ConfigError(f"trainer.sync_bn=true needs CUDA devices (SyncBatchNorm has no {device.type} kernels); drop it")
+        raise ConfigError(
+            f"trainer.sync_bn=true needs CUDA devices (SyncBatchNorm has no {device.type} kernels); drop it"
+        )
     if world_size > 1 and cfg.batch_size % world_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must split evenly over {world_size} processes")
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch and must split evenly over {world_size} processes"
+        )
     config = to_dict(cfg)
     precision, why, channels_last = resolve_speed_settings(cfg.trainer, device, _fp16_refusal(config["task"]))
     seed_everything(cfg.seed, cfg.deterministic)
@@ -132,10 +137,14 @@ def _assemble(job: Prepared, write: bool, rank: int, local_rank: int, world_size
     if world_size > 1:
         task.distribute(lambda m: distributed.wrap(m, device, cfg.trainer.sync_bn))
         torch.manual_seed(cfg.seed + rank)  # same initial weights everywhere, but each rank its own dropout
-    logger = RunLogger(out_dir, enabled=write and rank == 0, purge_step=state["epoch"] * steps_per_epoch + 1 if state else None)
+    logger = RunLogger(
+        out_dir, enabled=write and rank == 0, purge_step=state["epoch"] * steps_per_epoch + 1 if state else None
+    )
     try:
         meta = {"config": config, "data_info": dataclasses.asdict(info)}
-        settings = TrainerSettings.from_config(cfg, memory_format=memory_format, rank=rank, world_size=world_size, save=write)
+        settings = TrainerSettings.from_config(
+            cfg, memory_format=memory_format, rank=rank, world_size=world_size, save=write
+        )
         trainer = Trainer(task, loaders, logger, device, RunDir(out_dir), meta, settings)
         if state:
             try:
@@ -144,11 +153,15 @@ def _assemble(job: Prepared, write: bool, rank: int, local_rank: int, world_size
                 raise ConvlabError(f"checkpoint {job.plan.checkpoint}: {e}") from None
             log.info("resuming %s after epoch %d of %d", out_dir, trainer.epoch, cfg.epochs)
             if job.plan.run_dir is None:
-                log.info("%s is not inside a run folder: a new run in %s branches from it", job.plan.checkpoint, out_dir)
+                log.info(
+                    "%s is not inside a run folder: a new run in %s branches from it", job.plan.checkpoint, out_dir
+                )
     except BaseException:
         logger.close()  # its event file's writer thread, in a process that lives on
         raise
-    return Run(cfg, device, data, loaders, task, trainer, logger, state, macs, RunDir(out_dir) if logger.enabled else None)
+    return Run(
+        cfg, device, data, loaders, task, trainer, logger, state, macs, RunDir(out_dir) if logger.enabled else None
+    )
 
 
 def train(job: DictConfig | Prepared, command: str | None = None) -> dict[str, Any]:
@@ -230,18 +243,37 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     checksums = trainer.checksums
     final = trainer.history[-1] if trainer.history else {}
     if trainer.stopped:
-        summary |= {"status": "stopped", "epochs": trainer.epoch, "best": trainer.best, "final": final, "resume": resume_command(cfg.out_dir)}
+        summary |= {
+            "status": "stopped",
+            "epochs": trainer.epoch,
+            "best": trainer.best,
+            "final": final,
+            "resume": resume_command(cfg.out_dir),
+        }
         run.write_summary(summary)
         logger.close()
-        log.info("stopped after epoch %d of %d (trainer.stop_after); continue with: %s", trainer.epoch, cfg.epochs, summary["resume"])
+        log.info(
+            "stopped after epoch %d of %d (trainer.stop_after); continue with: %s",
+            trainer.epoch,
+            cfg.epochs,
+            summary["resume"],
+        )
         return summary
     if trainer.early_stop.patience:
-        summary["early_stop"] = dataclasses.asdict(trainer.early_stop) | {"stopped": bool(trainer.early_stopped)} | (trainer.early_stopped or {})
+        summary["early_stop"] = (
+            dataclasses.asdict(trainer.early_stop)
+            | {"stopped": bool(trainer.early_stopped)}
+            | (trainer.early_stopped or {})
+        )
         if trainer.early_stopped and trainer.is_main:  # the other ranks neither test nor log
             log.info("stopped early after epoch %d of %d: %s; testing the %s weights (epoch %d)", trainer.epoch, cfg.epochs,
                      trainer.early_stopped["reason"], trainer.tested["which"], trainer.tested["epoch"])  # fmt: skip
     if checksums:
-        summary["ddp"] = {"world_size": trainer.world_size, "param_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1}
+        summary["ddp"] = {
+            "world_size": trainer.world_size,
+            "param_checksums": checksums,
+            "replicas_in_sync": len(set(checksums)) == 1,
+        }
     summary |= {
         "status": "ok",
         "epochs": trainer.epoch,
@@ -254,10 +286,19 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
         "ended": datetime.now().isoformat(timespec="milliseconds"),
     }
     scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}
-    logger.log_hparams(hparams_of(trainer.meta["config"]), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
+    logger.log_hparams(
+        hparams_of(trainer.meta["config"]), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)}
+    )
     run.write_summary(summary)
     logger.close()
     best = trainer.best
-    best_text = "" if best["value"] is None else f"  (best {best['metric']} {best['value']:.4f} at epoch {best['epoch']})"
-    log.info("test  %s%s  -> %s", "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)), best_text, cfg.out_dir)
+    best_text = (
+        "" if best["value"] is None else f"  (best {best['metric']} {best['value']:.4f} at epoch {best['epoch']})"
+    )
+    log.info(
+        "test  %s%s  -> %s",
+        "  ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
+        best_text,
+        cfg.out_dir,
+    )
     return summary

@@ -55,10 +55,14 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
         text = f"expected an integer in [{minimum}, {maximum}]"
     else:
         text = "expected an integer" + ("" if minimum is None else f" >= {minimum}")
-    return lambda v: None if is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum) else text
+    return lambda v: (
+        None if is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum) else text
+    )
 
 
-def number(low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> Check:
+def number(
+    low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False
+) -> Check:
     """A finite number within the bounds; an open bound excludes its end."""
     if high is None:
         text = "expected a number" + ("" if low is None else f" {'>' if open_low else '>='} {low:g}")
@@ -92,7 +96,11 @@ def optional(check: Check) -> Check:
 
 def list_of(item: Check, text: str, length: int | None = None) -> Check:
     """A non-empty list (of `length` entries, if given) whose entries all pass `item`."""
-    return lambda v: None if isinstance(v, list) and v and (length is None or len(v) == length) and all(item(x) is None for x in v) else f"expected {text}"
+    return lambda v: (
+        None
+        if isinstance(v, list) and v and (length is None or len(v) == length) and all(item(x) is None for x in v)
+        else f"expected {text}"
+    )
 
 
 def string(v: Any) -> str | None:
@@ -107,7 +115,9 @@ def device(v: Any) -> str | None:
 
 def mapping(*keys: str) -> Check:
     """A mapping whose keys are among `keys` (their values have rules of their own)."""
-    return lambda v: None if isinstance(v, dict) and set(v) <= set(keys) else f"expected a mapping with the keys {', '.join(keys)}"
+    return lambda v: (
+        None if isinstance(v, dict) and set(v) <= set(keys) else f"expected a mapping with the keys {', '.join(keys)}"
+    )
 
 
 flag = choice(True, False)
@@ -195,7 +205,14 @@ BENCH = TRAIN | {
     "bench.workers": optional(integer(0)),
     "bench.json": optional(string),
 }
-EVAL = {"ckpt": string, "device": device, "batch_size": integer(1), "precision": choice("auto", *PRECISIONS), "data.split": choice("test", "val"), "data.root": optional(string)}
+EVAL = {
+    "ckpt": string,
+    "device": device,
+    "batch_size": integer(1),
+    "precision": choice("auto", *PRECISIONS),
+    "data.split": choice("test", "val"),
+    "data.root": optional(string),
+}
 SAMPLE = {"ckpt": string, "device": device, "n": integer(1), "seed": seed, "interpolate": flag, "out": string}
 INSPECT = TRAIN | {"ckpt": optional(string), "out": string, "erf_images": integer(1)}
 RULES = {"train": TRAIN, "bench": BENCH, "eval": EVAL, "sample": SAMPLE, "inspect": INSPECT}
@@ -210,8 +227,16 @@ FIXED_SIZES = {"convlab.data.cifar10.CIFAR10": cifar10.IMAGE_SIZE}
 UNPADDED = ("convlab.models.plain_cnn.PlainCNN", "convlab.models.hdc.HDCNet")  # each layer shrinks the map
 # What a shipped model uses for a setting its config leaves out: the rules below check those values too.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "convlab.models.plain_cnn.PlainCNN": {"model.channels": plain_cnn.CHANNELS, "model.dilations": None, "model.kernel_size": plain_cnn.KERNEL_SIZE},
-    "convlab.models.hdc.HDCNet": {"model.channels": plain_cnn.CHANNELS, "model.dilations": hdc.DILATIONS, "model.kernel_size": plain_cnn.KERNEL_SIZE},
+    "convlab.models.plain_cnn.PlainCNN": {
+        "model.channels": plain_cnn.CHANNELS,
+        "model.dilations": None,
+        "model.kernel_size": plain_cnn.KERNEL_SIZE,
+    },
+    "convlab.models.hdc.HDCNet": {
+        "model.channels": plain_cnn.CHANNELS,
+        "model.dilations": hdc.DILATIONS,
+        "model.kernel_size": plain_cnn.KERNEL_SIZE,
+    },
     "convlab.models.resnet.ResNet18": {"model.widths": resnet.WIDTHS},
 }
 FIXED_WIDTHS = {"convlab.models.alexnet.AlexNetLite": alexnet.WIDTHS}  # channel counts no setting changes
@@ -270,7 +295,11 @@ def _model_fits(get: Callable[[str], Any]) -> None:
         counts += [(f"model={name}'s widths ", list(FIXED_WIDTHS[model]))] if model in FIXED_WIDTHS else []
         for what, values in counts:
             if values is not _ABSENT and any(c % groups for c in values):
-                raise refuse("model.groups", groups, f"a number dividing every one of {what}{values} (model.conv=grouped splits each convolution's channels)")
+                raise refuse(
+                    "model.groups",
+                    groups,
+                    f"a number dividing every one of {what}{values} (model.conv=grouped splits each convolution's channels)",
+                )
     size = get("data.image_size")
     size = FIXED_SIZES.get(get("data._target_"), _ABSENT) if size is _ABSENT else size
     if size is _ABSENT:  # a dataset of the user's own: its size is known once it is loaded (the constructors assert)
@@ -281,7 +310,9 @@ def _model_fits(get: Callable[[str], Any]) -> None:
         k, rates = _model_setting(get, "model.kernel_size"), _model_setting(get, "model.dilations")
         rates = [1] * len(_model_setting(get, "model.channels")) if rates is None else rates
         if plain_cnn.out_size(size, rates, k) < 1:
-            raise ConfigError(f"model.dilations={rates} shrink a {size}×{size} input below one pixel ({k}×{k} kernels, no padding); use smaller rates")
+            raise ConfigError(
+                f"model.dilations={rates} shrink a {size}×{size} input below one pixel ({k}×{k} kernels, no padding); use smaller rates"
+            )
 
 
 def _train_combinations(get: Callable[[str], Any]) -> None:
@@ -289,12 +320,22 @@ def _train_combinations(get: Callable[[str], Any]) -> None:
     batch, devices = get("batch_size"), get("trainer.devices")
     momentum, dampening = get("optim.momentum"), get("optim.dampening")  # torch's SGD defaults: 0 and 0
     if get("optim.nesterov") is True and (momentum in (_ABSENT, 0) or dampening not in (_ABSENT, 0)):
-        raise refuse("optim.nesterov", True, "expected optim.momentum > 0 and optim.dampening=0 with it (torch refuses Nesterov otherwise)")
+        raise refuse(
+            "optim.nesterov",
+            True,
+            "expected optim.momentum > 0 and optim.dampening=0 with it (torch refuses Nesterov otherwise)",
+        )
     channels, dilations = _model_setting(get, "model.channels"), _model_setting(get, "model.dilations")
     if channels is not _ABSENT and dilations not in (_ABSENT, None) and len(dilations) != len(channels):
-        raise refuse("model.dilations", dilations, f"expected a list of {len(channels)} positive integers (one per model.channels entry)")
+        raise refuse(
+            "model.dilations",
+            dilations,
+            f"expected a list of {len(channels)} positive integers (one per model.channels entry)",
+        )
     if get("task._target_") == GAN_TASK:
-        mean, std = ([0.5] * CHANNELS if v is _ABSENT else v for v in (get("data.mean"), get("data.std")))  # ImageDataset's default
+        mean, std = (
+            [0.5] * CHANNELS if v is _ABSENT else v for v in (get("data.mean"), get("data.std"))
+        )  # ImageDataset's default
         if any(abs(v - 0.5) > 1e-6 for v in [*mean, *std]):
             raise ConfigError(
                 f"a GAN needs images scaled to [-1, 1] like its tanh output, but data.mean={mean} "
@@ -302,18 +343,39 @@ def _train_combinations(get: Callable[[str], Any]) -> None:
             )
         loss, d_norm = get("gan.loss"), get("model.d_norm")
         if loss == "wgan-gp" and get("trainer.precision") == "fp16":
-            raise ConfigError("gan.loss=wgan-gp with trainer.precision=fp16 is not supported (loss scaling of the gradient penalty); use bf16 or fp32")
-        if loss == "wgan-gp" and d_norm == "batch":  # the penalty assumes each critic value depends on its own sample only
+            raise ConfigError(
+                "gan.loss=wgan-gp with trainer.precision=fp16 is not supported (loss scaling of the gradient penalty); use bf16 or fp32"
+            )
+        if (
+            loss == "wgan-gp" and d_norm == "batch"
+        ):  # the penalty assumes each critic value depends on its own sample only
             raise ConfigError("gan.loss=wgan-gp needs a critic without BatchNorm; use model.d_norm=layer, none or auto")
         if batch // devices < 2:
-            raise refuse("batch_size", batch, "expected at least 2 images per process (the generator's BatchNorm cannot train on one)", "a GAN")
+            raise refuse(
+                "batch_size",
+                batch,
+                "expected at least 2 images per process (the generator's BatchNorm cannot train on one)",
+                "a GAN",
+            )
         if get("trainer.early_stop.patience") not in (_ABSENT, None) and get("gan.fid_every") == 0:
-            raise refuse("trainer.early_stop.patience", get("trainer.early_stop.patience"), "a GAN stops early on val/fid: set gan.fid_every=N (and install convlab[fid]), or drop it", "gan.fid_every=0")
+            raise refuse(
+                "trainer.early_stop.patience",
+                get("trainer.early_stop.patience"),
+                "a GAN stops early on val/fid: set gan.fid_every=N (and install convlab[fid]), or drop it",
+                "gan.fid_every=0",
+            )
     _model_fits(get)
     if devices > 1 and batch % devices:
-        raise refuse("batch_size", batch, f"expected a multiple of {devices} (batch_size is the global batch)", f"trainer.devices={devices}")
+        raise refuse(
+            "batch_size",
+            batch,
+            f"expected a multiple of {devices} (batch_size is the global batch)",
+            f"trainer.devices={devices}",
+        )
     num_train, val_fraction = get("data.num_train"), get("data.val_fraction")
-    if num_train is not _ABSENT and val_fraction is not _ABSENT:  # a generated dataset: its size is known before anything is built
+    if (
+        num_train is not _ABSENT and val_fraction is not _ABSENT
+    ):  # a generated dataset: its size is known before anything is built
         check_batch_fits(batch, num_train - val_size(num_train, val_fraction), val_fraction)
 
 

@@ -47,7 +47,9 @@ class EarlyStop:
             value = row.get(self.metric)
             if value is None:
                 continue
-            if best is None or (math.isfinite(value) and (not math.isfinite(best) or self._gain(value, best) > self.min_delta)):
+            if best is None or (
+                math.isfinite(value) and (not math.isfinite(best) or self._gain(value, best) > self.min_delta)
+            ):
                 best, best_epoch, waited = value, row["epoch"], 0
                 continue
             waited += 1

@@ -16,9 +16,9 @@ from convlab.core import interrupts
 from convlab.core.build import to_dict
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.core.io import copy_atomic
-from convlab.run.rundir import RunDir
 from convlab.run.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convlab.run.distributed import all_reduce, gather
+from convlab.run.rundir import RunDir
 from convlab.run.runlog import RunLogger
 from convlab.run.stopping import EarlyStop
 from convlab.tasks.base import Task
@@ -35,7 +35,12 @@ def batches_on(
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Each batch of `loader` on `device`, images (4-D tensors) in `memory_format`; no copy when already so."""
     for batch in loader:
-        yield tuple(t.to(device, non_blocking=True, memory_format=memory_format) if t.dim() == 4 else t.to(device, non_blocking=True) for t in batch)
+        yield tuple(
+            t.to(device, non_blocking=True, memory_format=memory_format)
+            if t.dim() == 4
+            else t.to(device, non_blocking=True)
+            for t in batch
+        )
 
 
 def sync(device: torch.device) -> None:
@@ -61,7 +66,13 @@ class TrainerSettings:
 
     @classmethod
     def from_config(
-        cls, cfg: DictConfig, *, memory_format: torch.memory_format = torch.contiguous_format, rank: int = 0, world_size: int = 1, save: bool = True
+        cls,
+        cfg: DictConfig,
+        *,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        rank: int = 0,
+        world_size: int = 1,
+        save: bool = True,
     ) -> TrainerSettings:
         """From a composed config plus what it cannot say: the device's memory format, the process's rank and world size, whether to write."""
         t = cfg.trainer
@@ -83,7 +94,14 @@ class Trainer:
     """
 
     def __init__(
-        self, task: Task, loaders: dict[str, Any], logger: RunLogger, device: torch.device, run_dir: RunDir, meta: dict[str, Any], settings: TrainerSettings
+        self,
+        task: Task,
+        loaders: dict[str, Any],
+        logger: RunLogger,
+        device: torch.device,
+        run_dir: RunDir,
+        meta: dict[str, Any],
+        settings: TrainerSettings,
     ) -> None:
         self.task, self.loaders, self.logger, self.device = task, loaders, logger, device
         self.settings, self.run_dir, self.meta = settings, run_dir, meta
@@ -96,7 +114,9 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": f"val/{metric}", "mode": mode, "value": None, "epoch": None}
         self.early_stop = EarlyStop.from_config(settings.early_stop, self.best["metric"], mode)
         if self.early_stop.patience and not task.monitor_available:
-            raise ConfigError(f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric {self.early_stop.metric}, which this run does not compute; drop it")
+            raise ConfigError(
+                f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric {self.early_stop.metric}, which this run does not compute; drop it"
+            )
         self.early_stopped: dict[str, Any] | None = None  # when and why the run stopped early
         self.tested: dict[str, Any] = {}  # which weights the test pass used
         self.checksums: list[float] | None = None  # each rank's parameter sum after training (DDP)
@@ -159,7 +179,9 @@ class Trainer:
             if not self.early_stopped and stop_after and epoch - first >= stop_after and epoch < self.settings.epochs:
                 self.stopped = True
                 return {}
-        self.checksums = self.replica_checksums() if self.world_size > 1 else None  # of the trained weights, before best.pt's
+        self.checksums = (
+            self.replica_checksums() if self.world_size > 1 else None
+        )  # of the trained weights, before best.pt's
         if not self.is_main:
             return {}
         self.tested = self._restore_best() if self.early_stopped else {"which": "last", "epoch": self.epoch}
@@ -217,7 +239,9 @@ class Trainer:
         seen = timed = step = 0
         last: dict[str, tuple[float, float]] = {}  # (sum, count) per key at the previous read
         start = time.perf_counter()
-        bar = self.logger.progress(loader, min(len(loader), max_steps or len(loader)), f"epoch {epoch}/{self.settings.epochs}")
+        bar = self.logger.progress(
+            loader, min(len(loader), max_steps or len(loader)), f"epoch {epoch}/{self.settings.epochs}"
+        )
         for step, batch in enumerate(batches_on(bar, self.device, self.settings.memory_format), 1):
             n = batch[0].shape[0]
             out = self.task.train_step(batch)
@@ -238,7 +262,10 @@ class Trainer:
                 totals = self._read(sums, counts, bad_step, epoch)
                 self._log_step(epoch, step, totals, last)
                 last = totals
-                bar.set_postfix({k: f"{s / c:.4g}" for k, (s, c) in totals.items()} | {"img/s": f"{timed / (time.perf_counter() - timed_start):.0f}"})
+                bar.set_postfix(
+                    {k: f"{s / c:.4g}" for k, (s, c) in totals.items()}
+                    | {"img/s": f"{timed / (time.perf_counter() - timed_start):.0f}"}
+                )
             if step == max_steps:
                 break
         totals = self._read(sums, counts, bad_step, epoch)  # waits for the device
@@ -248,23 +275,37 @@ class Trainer:
         end = time.perf_counter()
         rate = timed / (end - timed_start) if timed else seen / (end - start)
         # Every rank trains its equal shard at the same time: the run's rate is world_size times one rank's.
-        return means, {"perf/images_per_s": rate * self.world_size, "perf/epoch_s": end - start, "perf/first_step_s": first_step_s}
+        return means, {
+            "perf/images_per_s": rate * self.world_size,
+            "perf/epoch_s": end - start,
+            "perf/first_step_s": first_step_s,
+        }
 
-    def _read(self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int) -> dict[str, tuple[float, float]]:
+    def _read(
+        self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int
+    ) -> dict[str, tuple[float, float]]:
         """All ranks' (sum, count) per key so far, in one device read; stops the run at the first NaN/Inf any rank saw."""
         keys = list(sums)
-        totals = all_reduce(torch.stack([sums[k] for k in keys] + [torch.tensor(float(counts[k]), device=self.device) for k in keys]))
+        totals = all_reduce(
+            torch.stack([sums[k] for k in keys] + [torch.tensor(float(counts[k]), device=self.device) for k in keys])
+        )
         bad = all_reduce(bad_step, op="max")  # the first bad step of whichever rank met one
         *flat, bad = torch.cat([totals, bad.to(totals.dtype).view(1)]).tolist()  # the one read
         out = {k: (flat[i], flat[len(keys) + i]) for i, k in enumerate(keys)}
         if bad:
             values = ", ".join(f"train/{k} = {s / c}" for k, (s, c) in out.items() if not math.isfinite(s / c))
             last = self.run_dir.last
-            kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch else "no checkpoint was written yet"
+            kept = (
+                f"the last good checkpoint is {last} (epoch {self.epoch})"
+                if self.epoch
+                else "no checkpoint was written yet"
+            )
             raise ConvlabError(f"training diverged in epoch {epoch} at step {int(bad)}: {values}; {kept}")
         return out
 
-    def _log_step(self, epoch: int, step: int, totals: dict[str, tuple[float, float]], last: dict[str, tuple[float, float]]) -> None:
+    def _log_step(
+        self, epoch: int, step: int, totals: dict[str, tuple[float, float]], last: dict[str, tuple[float, float]]
+    ) -> None:
         """Step curves: each value's mean over the steps since the previous point, and the learning rate(s) now."""
         values = {}
         for key, (s, c) in totals.items():

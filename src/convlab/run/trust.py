@@ -70,12 +70,19 @@ def allowed(group: str, target: Any) -> bool:
     if not isinstance(target, str):
         return False
     torch_kind = {"optim": "torch.optim", "sched": "torch.optim.lr_scheduler"}.get(group)
-    return target in conf_targets()[group] or target in user_targets() or (torch_kind is not None and _is_torch_class(target, torch_kind))
+    return (
+        target in conf_targets()[group]
+        or target in user_targets()
+        or (torch_kind is not None and _is_torch_class(target, torch_kind))
+    )
 
 
 # Targets that moved since convlab 0.1 (2026-12-02): a checkpoint saved then names the old path.
 # Only these exact names are rewritten, each to its new home; anything else is checked as it stands.
-MOVED = {f"convlab.schedules.{name}": f"convlab.tasks.schedules.{name}" for name in ("constant", "cosine", "onecycle", "step")}
+MOVED = {
+    f"convlab.schedules.{name}": f"convlab.tasks.schedules.{name}"
+    for name in ("constant", "cosine", "onecycle", "step")
+}
 
 
 def upgrade(config: Any) -> Any:
@@ -116,11 +123,17 @@ def check_config(config: Any, source: str) -> None:
                 if not isinstance(k, str):
                     raise ConvlabError(f"{source}: config key {key!r} is not a string; refusing it")
                 if k.startswith("_") and k != "_partial_" and not (k == "_target_" and path in SLOTS):
-                    raise ConvlabError(f"{source}: config key {key} is an instruction to Hydra ({v!r}) where convlab's configs hold none; refusing it")
+                    raise ConvlabError(
+                        f"{source}: config key {key} is an instruction to Hydra ({v!r}) where convlab's configs hold none; refusing it"
+                    )
                 stack.append((key, v))
         elif isinstance(node, list):
             stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
         elif isinstance(node, str) and "${" in node:
-            raise ConvlabError(f"{source}: config key {path} holds an interpolation {node[:60]!r}; a saved config holds plain values only")
+            raise ConvlabError(
+                f"{source}: config key {path} holds an interpolation {node[:60]!r}; a saved config holds plain values only"
+            )
         elif node is not None and not isinstance(node, (bool, int, float, str)):
-            raise ConvlabError(f"{source}: config key {path} holds a {type(node).__name__}; a saved config holds plain values only")
+            raise ConvlabError(
+                f"{source}: config key {path} holds a {type(node).__name__}; a saved config holds plain values only"
+            )

@@ -18,7 +18,6 @@ from convlab.core.errors import ConvlabError
 from convlab.core.perf import Precision
 from convlab.data.base import DataInfo
 
-
 ARTEFACTS = ("figures", "images")  # evaluate() keys that hold pictures, not numbers
 
 
@@ -32,10 +31,15 @@ class Report:
     """What `convlab report` and the sweep tables show of a task's runs (keys as metrics.csv has them; test/... from summary.json)."""
 
     columns: tuple[str, ...] = ("val/loss", "test/loss")  # final-epoch and test values worth a table column
-    curves: tuple[tuple[str, str], ...] = (("train/loss", "train loss"), ("val/loss", "validation loss"))  # (key, panel title) per epoch
+    curves: tuple[tuple[str, str], ...] = (
+        ("train/loss", "train loss"),
+        ("val/loss", "validation loss"),
+    )  # (key, panel title) per epoch
     curves_png: str = ""  # the curves figure's file ("": <task class>_curves.png) and its caption
     caption: str = "Curves per epoch"
-    marker: str = ""  # a metrics.csv column only this task writes: recognises its runs when their config does not name it
+    marker: str = (
+        ""  # a metrics.csv column only this task writes: recognises its runs when their config does not name it
+    )
     # (key, label) of a test value where higher is better: a bar per run, against MACs per image, beside each effective
     # receptive field, and the best run's confusion matrix (where summary.json holds one)
     test_metric: tuple[str, str] | None = None
@@ -113,7 +117,9 @@ class Task(ABC):
         self.models[name] = model
         self.optimizers[name] = optimizer = build(self.configs["optim"], "optim")(model.parameters())
         steps, per_epoch = max(1, self.total_steps // every), max(1, self.steps_per_epoch // every)
-        self.schedulers[name] = build(self.configs["sched"], "sched")(optimizer, total_steps=steps, steps_per_epoch=per_epoch)
+        self.schedulers[name] = build(self.configs["sched"], "sched")(
+            optimizer, total_steps=steps, steps_per_epoch=per_epoch
+        )
         return model
 
     @classmethod
@@ -191,7 +197,11 @@ class Task(ABC):
                     raise ConvlabError(f"it holds no state for the {what}")
                 if kind == "schedulers":
                     _check_like(obj.state_dict(), saved, what)
-                groups = [{k: v for k, v in g.items() if k != "params"} for g in obj.param_groups] if kind == "optimizers" else []
+                groups = (
+                    [{k: v for k, v in g.items() if k != "params"} for g in obj.param_groups]
+                    if kind == "optimizers"
+                    else []
+                )
                 try:
                     obj.load_state_dict(saved)
                 except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
@@ -231,4 +241,6 @@ def _check_optimizer(opt: Optimizer, before: list[dict[str, Any]], what: str) ->
         for p in group["params"]:
             for key, value in opt.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    raise ConvlabError(f"its {what} state has {key} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")
+                    raise ConvlabError(
+                        f"its {what} state has {key} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
+                    )

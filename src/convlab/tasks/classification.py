@@ -31,9 +31,14 @@ class ClassificationTask(Task):
         super().__init__(**run)
         info = self.info
         if info.num_classes < 2:
-            raise ConfigError(f"model={self.configs['model'].get('name')} is a classifier, but the data has {info.num_classes} class ({', '.join(info.class_names)}); use a labelled dataset, or model=dcgan to generate images")
+            raise ConfigError(
+                f"model={self.configs['model'].get('name')} is a classifier, but the data has {info.num_classes} class ({', '.join(info.class_names)}); use a labelled dataset, or model=dcgan to generate images"
+            )
         self.label_smoothing = label_smoothing
-        self.model = self.add_model("model", self.build_model(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size))
+        self.model = self.add_model(
+            "model",
+            self.build_model(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size),
+        )
         self.optimizer, self.scheduler = self.optimizers["model"], self.schedulers["model"]
 
     def macs(self) -> int:
@@ -80,11 +85,13 @@ class ClassificationTask(Task):
             per_class = cm.diag().double() / cm.sum(1).clamp(min=1)
             result["per_class_acc"] = dict(zip(self.info.class_names, per_class.tolist()))
             result["confusion"] = cm.tolist()
-            from convlab.models.analysis import field_image, field_of
             from convlab.core.plots import confusion_figure  # matplotlib costs ~0.7 s to import: only when needed
+            from convlab.models.analysis import field_image, field_of
 
             result["figures"] = {
                 "confusion_matrix": confusion_figure(cm, self.info.class_names),
-                "effective_field": field_image(field_of(self.model, first)[0]),  # a picture (3, H, W), drawn without matplotlib
+                "effective_field": field_image(
+                    field_of(self.model, first)[0]
+                ),  # a picture (3, H, W), drawn without matplotlib
             }
         return result

