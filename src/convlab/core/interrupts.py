@@ -38,8 +38,8 @@ def critical() -> Iterator[None]:
         yield
     finally:
         _state["depth"] -= 1
-        signum, _state["pending"] = _state["pending"], None
-        if signum is not None and not _state["depth"]:
+        if not _state["depth"] and _state["pending"] is not None:  # only the outermost block's end delivers it
+            signum, _state["pending"] = _state["pending"], None
             _raise(signum)
 
 
