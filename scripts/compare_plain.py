@@ -76,8 +76,10 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {"convlab": [], "plain": []}
         for i in range(args.pairs):
             cmds = {
-                "convlab": [py, "-m", "convlab", "train", f"model={args.model}", f"data.root={args.data}", f"epochs={args.epochs}", *limit_c, f"hydra.run.dir={tmp}/c{i}"],
-                "plain": [py, "-m", "convlab.app.baseline", "--data", args.data, "--epochs", str(args.epochs), *limit_p, "--out", f"{tmp}/p{i}.pt"],
+                "convlab": [py, "-m", "convlab", "train", f"model={args.model}", f"data.root={args.data}",
+                            f"epochs={args.epochs}", *limit_c, f"hydra.run.dir={tmp}/c{i}"],
+                "plain": [py, "-m", "convlab.app.baseline", "--data", args.data, "--epochs", str(args.epochs),
+                          *limit_p, "--out", f"{tmp}/p{i}.pt"],
             }  # fmt: skip
             for name in ("convlab", "plain") if i % 2 == 0 else ("plain", "convlab"):
                 runs[name].append(measure(cmds[name]))
@@ -97,9 +99,10 @@ def main() -> None:
         ("pss_mib", "peak PSS, process tree (MiB)"),
     ):
         c, q = [r[key] for r in runs["convlab"]], [r[key] for r in runs["plain"]]
-        ratios = [a / b for a, b in zip(c, q)]
+        ratios = [a / b for a, b in zip(c, q, strict=True)]
         print(
-            f"| {label} | {statistics.median(c):.2f} | {statistics.median(q):.2f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |"
+            f"| {label} | {statistics.median(c):.2f} | {statistics.median(q):.2f} | "
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |"
         )
 
 

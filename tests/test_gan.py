@@ -233,7 +233,8 @@ def test_cli_gan_run_and_sample(tmp_path: Path, faces_256: Path) -> None:
 
 
 def test_gan_trains_under_bf16_without_nans(tmp_path: Path, faces_256: Path) -> None:
-    # bf16 keeps fp32's exponent range: no loss scaling, and D's and G's losses stay finite (emulated on CI's CPU: one epoch).
+    # bf16 keeps fp32's exponent range: no loss scaling, and D's and G's losses stay finite
+    # (emulated on CI's CPU: one epoch).
     summary = train(gan_cfg(tmp_path / "run", faces_256, "epochs=1", "trainer.precision=bf16"))
     assert summary["status"] == "ok" and summary["precision"] == "bf16"
     history = load_checkpoint(tmp_path / "run")["history"]

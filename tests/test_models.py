@@ -113,7 +113,7 @@ def test_what_the_schema_refuses_stops_the_constructors_at_an_assert(
 def test_hdc_rule(rates: list[int], problems: list[str]) -> None:
     found = hdc_problems(rates, 3)
     assert len(found) == len(problems)
-    for text, expected in zip(found, problems):
+    for text, expected in zip(found, problems, strict=True):
         assert expected in text
 
 

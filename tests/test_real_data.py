@@ -31,11 +31,14 @@ def test_plain_cnn_learns_real_cifar10_in_two_epochs(cifar_root: Path, tmp_path:
 
 
 def test_plain_script_baseline_trains_on_its_own(cifar_root: Path, tmp_path: Path) -> None:
-    """scripts/plain_torch_baseline.py, the yardstick of docs/BENCHMARKS.md: a whole run, importing only convlab's model."""
+    """scripts/plain_torch_baseline.py, the yardstick of docs/BENCHMARKS.md.
+
+    A whole run, importing only convlab's model.
+    """
     out = tmp_path / "weights.pt"
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", str(REPO / "scripts" / "plain_torch_baseline.py"), "--data", str(cifar_root),
-         "--epochs", "1", "--limit-train-batches", "1", "--workers", "0", "--out", str(out)],
+        [sys.executable, "-X", "importtime", str(REPO / "scripts" / "plain_torch_baseline.py"),
+         "--data", str(cifar_root), "--epochs", "1", "--limit-train-batches", "1", "--workers", "0", "--out", str(out)],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -82,7 +82,9 @@ def test_a_failed_start_leaves_no_stub_and_keeps_what_was_there(tmp_path: Path) 
 
 def test_one_process_per_run_folder(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from convlab.run import rundir; rundir.lock(Path({str(tmp_path)!r})); print('locked', flush=True); input()"],
+        [sys.executable, "-c",
+         "from pathlib import Path; from convlab.run import rundir; "
+         f"rundir.lock(Path({str(tmp_path)!r})); print('locked', flush=True); input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:

@@ -47,7 +47,7 @@ def test_both_loaders_crop_and_flip_with_torchvisions_distribution(kind: str) ->
         ArrayDataLoader(marker_images(n), torch.zeros(n, dtype=torch.long), 500, workers=2, **args)
     )  # fmt: skip
     loader.set_epoch(1)
-    dy, dx, flipped = (torch.cat(t) for t in zip(*(read_back(x) for x, _ in loader)))
+    dy, dx, flipped = (torch.cat(t) for t in zip(*(read_back(x) for x, _ in loader), strict=True))
     for offsets in (dy, dx):  # RandomCrop(8, padding=2): offsets uniform on 0..4
         share = torch.bincount(offsets, minlength=5).float() / n
         assert len(share) == 5 and (share - 0.2).abs().max() < 0.025, share
@@ -104,7 +104,8 @@ def test_channels_last_reaches_model_and_batches(tmp_path: Path) -> None:
 def test_device_reads_once_per_log_interval_and_step_curves_add_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: bool
 ) -> None:
-    # 8 steps, log_every=3: reads after steps 3 and 6 and at the epoch's end, whether or not the step curves are written.
+    # 8 steps, log_every=3: reads after steps 3 and 6 and at the epoch's end,
+    # whether or not the step curves are written.
     run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "trainer.log_every=3"), write=write)
     reads = {"n": 0}
     for name in (
@@ -206,8 +207,9 @@ def _gpu(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]
 
 @pytest.mark.parametrize(
     ("name", "capability", "kind"),
-    [("Tesla T4", (7, 5), "fp16"), ("Tesla V100-SXM2-16GB", (7, 0), "fp16"), ("NVIDIA GeForce RTX 2080", (7, 5), "fp16"),
-     ("NVIDIA A100-SXM4-40GB", (8, 0), "bf16"), ("NVIDIA GeForce RTX 4090", (8, 9), "bf16"), ("NVIDIA H200", (9, 0), "bf16")],
+    [("Tesla T4", (7, 5), "fp16"), ("Tesla V100-SXM2-16GB", (7, 0), "fp16"),
+     ("NVIDIA GeForce RTX 2080", (7, 5), "fp16"), ("NVIDIA A100-SXM4-40GB", (8, 0), "bf16"),
+     ("NVIDIA GeForce RTX 4090", (8, 9), "bf16"), ("NVIDIA H200", (9, 0), "bf16")],
 )  # fmt: skip
 def test_auto_precision_on_cuda_is_bf16_only_from_compute_capability_8(
     monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int], kind: str

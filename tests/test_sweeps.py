@@ -63,7 +63,8 @@ def test_report_draws_the_sweep(sweep: tuple[Path, object], tmp_path: Path) -> N
     # Each finished run's effective receptive field, beside its accuracy; the failed job drew none.
     assert "## Effective receptive fields" in md and md.count("![field](field_") == 3
     assert all((tmp_path / f"field_{i}.png").read_bytes()[:4] == b"\x89PNG" for i in range(3))
-    # The table's parameters and MACs, for every job (the failed one built its model too): 3 convs (30², 28², 26² outputs) + the head.
+    # The table's parameters and MACs, for every job (the failed one built its model too):
+    # 3 convs (30², 28², 26² outputs) + the head.
     assert md.count(f"| {3_962:,} | {194_400 + 903_168 + 1_557_504 + 160:,} |") == 4
 
 

@@ -25,8 +25,8 @@ from tests.conftest import REPO, make_cfg, run_cli
 from tests.toy_task import OVERRIDES, TARGETS, ToyTask
 
 # fp32: the interrupted and the whole run are compared number for number.
-TOY = [*OVERRIDES, "data=synthetic", "data.num_train=320", "data.num_test=64", "batch_size=32", "epochs=2", "device=cpu",
-       "optim.lr=0.5", "trainer.precision=fp32"]  # fmt: skip
+TOY = [*OVERRIDES, "data=synthetic", "data.num_train=320", "data.num_test=64", "batch_size=32", "epochs=2",
+       "device=cpu", "optim.lr=0.5", "trainer.precision=fp32"]  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +39,10 @@ def trust_toy() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """RUNS/full: two epochs (convlab.train, which composes and records as the CLI does); RUNS/cut: one, then `convlab train resume=`."""
+    """RUNS/full: two epochs (convlab.train, which composes and records as the CLI does).
+
+    RUNS/cut: one, then `convlab train resume=`.
+    """
     root = tmp_path_factory.mktemp("toy")
     assert convlab.train(*TOY, out_dir=root / "full", quiet=True)["status"] == "ok"
     stopped = train(make_cfg(root / "cut", *TOY, "trainer.stop_after=1"))
@@ -90,7 +93,7 @@ def test_report_shows_its_metrics_and_curves(runs: Path, tmp_path: Path) -> None
     columns = [c.strip() for c in head.strip("|").split("|")]
     assert {"best val/mse", "final val/mse", "test/mse"} <= set(columns)
     for row in rows:
-        cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
+        cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|")), strict=True))
         run = runs / cells["job"]
         assert (
             cells["test/mse"] == f"{summary(run)['test']['mse']:.4f}"

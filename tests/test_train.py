@@ -62,7 +62,8 @@ def test_same_seed_same_numbers(tmp_path: Path, precision: str) -> None:
         ["model=alexnet_lite", "model.hidden=64", "trainer.precision=fp32"],
         # bf16 without native support (an AVX2-only CPU) is emulated, ~10x slower: a narrow plain CNN
         ["model=plain_cnn", "model.channels=[8,16,16]", "trainer.precision=bf16"],
-        # fp16 with loss scaling (what `auto` picks on GPUs before compute capability 8.0): the scaler's state resumes too
+        # fp16 with loss scaling (what `auto` picks on GPUs before compute capability 8.0):
+        # the scaler's state resumes too
         ["model=plain_cnn", "model.channels=[8,16,16]", "trainer.precision=fp16"],
     ],
     ids=["fp32", "bf16", "fp16"],
@@ -218,7 +219,8 @@ def test_early_stop_tests_the_best_weights_and_resumes_as_finished(
         and summary["test_weights"]["epoch"] == 3
     )
     assert load_checkpoint(tmp_path)["epoch"] == 4  # last.pt keeps the last weights
-    # The tested weights are best.pt's: convlab.load of the run folder gives them, and they score the summary's test accuracy.
+    # The tested weights are best.pt's: convlab.load of the run folder gives them,
+    # and they score the summary's test accuracy.
     import convlab
 
     loaded = convlab.load(tmp_path, device="cpu")

@@ -288,10 +288,12 @@ def test_bad_values_are_one_line_naming_the_key(command: str, overrides: list[st
 
 def test_good_values_at_the_edges_pass() -> None:
     for overrides in (
-        ["optim.momentum=0", "optim.nesterov=false"], ["sched.min_lr_ratio=1", "sched.warmup_epochs=0.5"], ["trainer.channels_last=true"],
-        [*SYN, "data.num_train=2", "data.val_fraction=0.4", "batch_size=1"], ["data.augment=null", "data.workers=0", "trainer.stop_after=1"],
-        [*GAN, "batch_size=2", "gan.loss=wgan-gp", "model.d_norm=auto", "data.image_size=8"], ["model=hdc", "model.dilations=[2,4,8]"],
-        ["model=hdc", "model.dilations=[10,10,11]", "+model.kernel_size=2"], ["model=alexnet_lite", "model.conv=grouped", "model.groups=64"],
+        ["optim.momentum=0", "optim.nesterov=false"], ["sched.min_lr_ratio=1", "sched.warmup_epochs=0.5"],
+        ["trainer.channels_last=true"], [*SYN, "data.num_train=2", "data.val_fraction=0.4", "batch_size=1"],
+        ["data.augment=null", "data.workers=0", "trainer.stop_after=1"],
+        [*GAN, "batch_size=2", "gan.loss=wgan-gp", "model.d_norm=auto", "data.image_size=8"],
+        ["model=hdc", "model.dilations=[2,4,8]"], ["model=hdc", "model.dilations=[10,10,11]", "+model.kernel_size=2"],
+        ["model=alexnet_lite", "model.conv=grouped", "model.groups=64"],
         ["model=resnet18", "model.conv=grouped", "model.groups=64"],
     ):  # fmt: skip
         schema.validate(cfg_for("train", *overrides))
@@ -305,7 +307,7 @@ def test_every_shipped_combination_of_groups_validates() -> None:
     for model in options("model"):
         cfg, current = copy.deepcopy(composed("train", (f"model={model}",))), {}
         for choice in itertools.product(*(options(g) for g in SWAPPED)):
-            for group, name in zip(SWAPPED, choice):
+            for group, name in zip(SWAPPED, choice, strict=True):
                 if current.get(group) != name:  # as cfg_for does, but swapping only what changed: 240 configs
                     cfg[group], current[group] = nodes()[group][name], name
             try:

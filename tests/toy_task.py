@@ -21,13 +21,17 @@ from convlab.tasks.base import Report, Task
 
 TARGETS = "tests.toy_task.ToyTask,tests.toy_task.ToyNet"  # for CONVLAB_TRUST_TARGETS
 OVERRIDES = [
-    "task._target_=tests.toy_task.ToyTask", "~task.label_smoothing", "+task.noise=0.1",  # the classifier's setting out, its own in
+    # the classifier's setting out, its own in
+    "task._target_=tests.toy_task.ToyTask", "~task.label_smoothing", "+task.noise=0.1",
     "model._target_=tests.toy_task.ToyNet", "model.name=toy",
 ]  # fmt: skip
 
 
 class ToyNet(nn.Module):
-    """Encode an image into 4 channels at a quarter of its size and decode it back; no BatchNorm, 391 parameters for RGB."""
+    """Encode an image into 4 channels at a quarter of its size and decode it back.
+
+    No BatchNorm, 391 parameters for RGB.
+    """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, **unused: object) -> None:
         super().__init__()

@@ -56,7 +56,8 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
     cfg = compose("train", args, hydra=True)
     if cfg.hydra.mode == RunMode.MULTIRUN:  # hydra.mode=MULTIRUN, given or set by a config
         raise ConfigError(
-            f"{' '.join(args)} composes a sweep; convlab.train runs one job: run sweeps on the command line (convlab train ...)"
+            f"{' '.join(args)} composes a sweep; convlab.train runs one job: "
+            "run sweeps on the command line (convlab train ...)"
         )
     folder = (
         Path(out_dir)
@@ -68,7 +69,8 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
         checked.pop("hydra")
         checked.out_dir = "(the run folder)"
     validate(checked)
-    command = f"convlab.train({', '.join(map(repr, overrides))}{f', out_dir={str(out_dir)!r}' if out_dir is not None else ''})"
+    given_dir = f", out_dir={str(out_dir)!r}" if out_dir is not None else ""
+    command = f"convlab.train({', '.join(map(repr, overrides))}{given_dir})"
     job = prepare(args, out_dir=folder, first=cfg)
     if job.finished:  # like the CLI: nothing is written into a finished run
         if not quiet:
@@ -96,7 +98,8 @@ def load(run: str | os.PathLike | dict[str, Any], device: str = "auto") -> Loade
     path = run.get("out_dir") if isinstance(run, dict) else run
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(
-            f"convlab.load: expected a run folder, a .pt file or the dict convlab.train returned, not {type(run).__name__}"
+            "convlab.load: expected a run folder, a .pt file or the dict convlab.train returned, "
+            f"not {type(run).__name__}"
         )
     if (allowed := device_rule(device)) is not None:
         raise ConfigError(f"device={device!r} is not allowed; {allowed}")
@@ -128,11 +131,11 @@ def _checked(overrides: tuple[Any, ...]) -> list[str]:
     sweep = next((o.input_line for o in parsed if o.is_sweep_override()), None)
     if sweep:
         raise ConfigError(
-            f"{sweep} is a sweep; convlab.train runs one job: run sweeps on the command line (convlab train -m {shlex.quote(sweep)})"
+            f"{sweep} is a sweep; convlab.train runs one job: "
+            f"run sweeps on the command line (convlab train -m {shlex.quote(sweep)})"
         )
-    expand(
-        parsed
-    )  # unknown group choices: the CLI's words (model=nope is not a config in conf/model/; choose one of: ...)
+    # unknown group choices: the CLI's words (model=nope is not a config in conf/model/; choose one of: ...)
+    expand(parsed)
     return list(overrides)
 
 

@@ -14,7 +14,8 @@ own process, as a user's script would:
 With --bench, --data may also be an .npz of uint8 `images` (N, C, H, W), `labels`, `mean` and `std`:
 convlab bench hands over any dataset's training images that way.
 
-scripts/plain_torch_baseline.py (or `python -m convlab.app.baseline`) runs this file; docs/BENCHMARKS.md has the measurements.
+scripts/plain_torch_baseline.py (or `python -m convlab.app.baseline`) runs this file;
+docs/BENCHMARKS.md has the measurements.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class CIFAR10(torchvision.datasets.CIFAR10):
 
 
 class ArrayImages(Dataset):
-    """uint8 images (N, C, H, W) served as torchvision's CIFAR10 serves them: a PIL image per item, then the transform."""
+    """uint8 images (N, C, H, W) served as torchvision serves CIFAR10: a PIL image per item, then the transform."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: T.Compose) -> None:
         self.images, self.labels, self.transform = images.transpose(0, 2, 3, 1), labels.tolist(), transform
@@ -210,9 +211,8 @@ def main() -> None:
             step(x, y)
             seen += len(y)
         val_loss, val_acc = evaluate(model, val_loader, device)
-        print(
-            f"epoch {epoch}/{args.epochs}  val/loss {val_loss:.4f}  val/acc {val_acc:.4f}  {seen / (time.perf_counter() - start):.0f} img/s"
-        )
+        rate = seen / (time.perf_counter() - start)
+        print(f"epoch {epoch}/{args.epochs}  val/loss {val_loss:.4f}  val/acc {val_acc:.4f}  {rate:.0f} img/s")
     test_loss, test_acc = evaluate(model, test_loader, device)
     torch.save(model.state_dict(), args.out)
     print(f"test  loss {test_loss:.4f}  acc {test_acc:.4f}")

@@ -83,7 +83,8 @@ def _plain_script(run: Run, tmp: Path, workers: int, steps: int, warmup: int, re
     cmd = [
         sys.executable, "-m", "convlab.app.baseline", "--data", str(data), "--model", json.dumps(to_dict(cfg.model)),
         "--batch-size", str(cfg.batch_size), "--workers", str(workers), "--device", str(run.device),
-        "--precision", run.task.precision.kind, "--bench", f"{steps},{warmup},{repeats}", "--out", str(tmp / "unused.pt"),
+        "--precision", run.task.precision.kind, "--bench", f"{steps},{warmup},{repeats}",
+        "--out", str(tmp / "unused.pt"),
         *(["--channels-last"] if run.trainer.settings.memory_format == torch.channels_last else []),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -169,11 +170,14 @@ def format_table(r: dict[str, Any]) -> str:
     c, m = r["config"], r["machine"]
     where = m["gpu"] or f"{m['cpu_threads']} CPU threads"
     lines = [
-        f"convlab bench: {c['model']} on {c['data']}, {c['device']} ({where}), batch {c['batch_size']}, {c['precision']}, "
+        f"convlab bench: {c['model']} on {c['data']}, {c['device']} ({where}), "
+        f"batch {c['batch_size']}, {c['precision']}, "
         f"channels_last={c['channels_last']}, compile={c['compile']}, torch {m['torch']}",
         f"precision {c['precision']}: {c['precision_reason']}",
-        f"{c['steps']} timed steps after {c['warmup']} warm-up, median of {c['repeats']}; loops 1-2 interleaved in this process,",
-        f"loop 3 in its own process (python -m convlab.app.baseline: glibc's default allocator, SGD, {c['workers']} DataLoader workers)",
+        f"{c['steps']} timed steps after {c['warmup']} warm-up, median of {c['repeats']}; "
+        "loops 1-2 interleaved in this process,",
+        "loop 3 in its own process (python -m convlab.app.baseline: glibc's default allocator, SGD, "
+        f"{c['workers']} DataLoader workers)",
         "",
         f"{'loop':<40}{'images/s':>10}   runs",
     ]

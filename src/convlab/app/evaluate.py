@@ -63,7 +63,7 @@ def load_task(
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate `cfg.ckpt` on `cfg.data.split`; returns the task's final evaluation (numbers only), its source and metric names."""
+    """Evaluate `cfg.ckpt` on `cfg.data.split`: the task's final evaluation (numbers only), source and metric names."""
     validate(cfg, "eval")
     device = resolve_device(cfg.device)
     kind, why = resolve_precision(cfg.precision, device)
@@ -75,13 +75,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     loaders = data.loaders(cfg.batch_size, device)
     task.attach(loaders)
     result = task.evaluate(batches_on(loaders[saved.data.split], device), final=True)
-    meta = {"checkpoint": str(path), "epoch": state["epoch"], "model": saved.model.get("name"), "data": saved.data.get("name"),
-            "precision": task.precision.describe(), "metric_names": dict(task.metric_names)}  # fmt: skip
+    meta = {"checkpoint": str(path), "epoch": state["epoch"], "model": saved.model.get("name"),
+            "data": saved.data.get("name"), "precision": task.precision.describe(),
+            "metric_names": dict(task.metric_names)}  # fmt: skip
     return numbers_only(result) | meta | {"split": saved.data.split, "images": len(loaders[saved.data.split].labels)}
 
 
 def format_result(r: dict[str, Any]) -> str:
-    """The evaluation as a small text report (metrics named as the task names them), with a per-class table where there is one."""
+    """The evaluation as a small text report (metrics named as the task names them), with any per-class table."""
     lines = [
         f"checkpoint  {r['checkpoint']}  ({r['model']} on {r['data']}, after epoch {r['epoch']})",
         f"split       {r['split']} ({r['images']} images), precision {r['precision']}",
@@ -134,7 +135,8 @@ def _check_image_name(out: str) -> None:
         else "it has no extension to choose the image format by"
     )
     raise ConfigError(
-        f"out={out}: {problem}; end the file name in {', '.join(some)} (or give a folder, out=DIR/, for one PNG per image)"
+        f"out={out}: {problem}; end the file name in {', '.join(some)} "
+        "(or give a folder, out=DIR/, for one PNG per image)"
     )
 
 
@@ -151,7 +153,8 @@ def sample_checkpoint(cfg: DictConfig) -> list[Path]:
     task, saved, _, path = load_task(cfg, device)
     if not task.samples:
         raise ConvlabError(
-            f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; convlab sample needs a generator (model=dcgan)"
+            f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; "
+            "convlab sample needs a generator (model=dcgan)"
         )
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.interpolate:
@@ -164,7 +167,7 @@ def sample_checkpoint(cfg: DictConfig) -> list[Path]:
         if to_folder:
             out.mkdir(parents=True, exist_ok=True)
             files = [out / f"sample_{i:04d}.png" for i in range(cfg.n)]
-            for image, file in zip(images, files):
+            for image, file in zip(images, files, strict=True):  # one image per latent point, n of each
                 save_image(image, file)
             return files
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ def format_table(table: dict[str, Any], title: str) -> str:
         rf = "-" if r["receptive_field"] is None else r["receptive_field"]
         rf = f"{rf}×{rf}" if isinstance(rf, int) else rf
         lines.append(
-            f"{r['name']:<24}{r['kind']:<22}{shape:<14}{r['parameters']:>12,}{r['macs']:>14,}{rf:>8}{r['jump'] or '-':>6}"
+            f"{r['name']:<24}{r['kind']:<22}{shape:<14}{r['parameters']:>12,}{r['macs']:>14,}"
+            f"{rf:>8}{r['jump'] or '-':>6}"
         )
     t = table["total"]
     lines += ["", f"{'total':<60}{t['parameters']:>12,}{t['macs']:>14,}"]
@@ -37,7 +38,8 @@ def format_table(table: dict[str, Any], title: str) -> str:
         e = table["effective_field"]
         holes = f", {e['holes']} holes inside it (gridding)" if e["holes"] else ", no holes"
         lines.append(
-            f"effective field of {e['layer']} over {e['images']} images: {e['size'][0]}×{e['size'][1]} pixels{holes} -> {e['png']}"
+            f"effective field of {e['layer']} over {e['images']} images: "
+            f"{e['size'][0]}×{e['size'][1]} pixels{holes} -> {e['png']}"
         )
     return "\n".join(lines)
 
@@ -49,13 +51,14 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 
 def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
-    """`convlab inspect`: the table of `cfg.model` (or of checkpoint `cfg.ckpt`), inspect.json and the effective-field PNG in `cfg.out`."""
-    chosen = (
-        None if cfg.ckpt else task_class(OmegaConf.select(cfg, "task._target_", throw_on_resolution_failure=False))
-    )  # conf/'s or the command line's
+    """`convlab inspect`: the table of `cfg.model` or checkpoint `cfg.ckpt`; inspect.json and field PNG in `cfg.out`."""
+    chosen = None
+    if not cfg.ckpt:  # conf/'s or the command line's task
+        chosen = task_class(OmegaConf.select(cfg, "task._target_", throw_on_resolution_failure=False))
     if chosen is not None and not chosen.inspectable:
         raise ConvlabError(
-            f"model={cfg.model.get('name')} is a {chosen.kind}; convlab inspect reads classifiers (plain_cnn, hdc, resnet18, alexnet_lite)"
+            f"model={cfg.model.get('name')} is a {chosen.kind}; "
+            "convlab inspect reads classifiers (plain_cnn, hdc, resnet18, alexnet_lite)"
         )
     validate(cfg, "inspect")
     device = resolve_device(cfg.device)
@@ -65,11 +68,8 @@ def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
             raise ConvlabError(
                 f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; convlab inspect reads classifiers"
             )
-        model, model_cfg, data_cfg = (
-            task.models[task.main_model],
-            saved.model,
-            saved.data,
-        )  # the data (and data.root) it was trained on
+        # the data (and data.root) it was trained on
+        model, model_cfg, data_cfg = task.models[task.main_model], saved.model, saved.data
         weights = f"trained: {path}, epoch {state['epoch']}"
     else:
         model_cfg, data_cfg, weights = cfg.model, cfg.data, f"initial weights (seed {cfg.seed})"
@@ -81,9 +81,8 @@ def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
             model_cfg, "model", num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size
         ).to(device)
     table = layer_table(model, (info.in_channels, info.image_size, info.image_size))
-    images = next(iter(batches_on(data.loaders(cfg.erf_images, device)["test"], device)))[
-        0
-    ]  # normalised as in training
+    # normalised as in training
+    images = next(iter(batches_on(data.loaders(cfg.erf_images, device)["test"], device)))[0]
     layer = field_layer(table)
     field = effective_field(model, images, layer)
     out = Path(str(cfg.out))
@@ -95,8 +94,10 @@ def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     title = f"{name}, model.conv={model_cfg.get('conv', 'standard')}, {weights}"
     save_png(field_image(field), out / "effective_field.png")
     result = {
-        "model": name, "conv": model_cfg.get("conv", "standard"), "data": data_cfg.get("name"), "weights": weights, **table,
-        "effective_field": {"layer": layer, "images": len(images), "png": str(out / "effective_field.png"), **field_extent(field)},
+        "model": name, "conv": model_cfg.get("conv", "standard"), "data": data_cfg.get("name"), "weights": weights,
+        **table,
+        "effective_field": {"layer": layer, "images": len(images), "png": str(out / "effective_field.png"),
+                            **field_extent(field)},
     }  # fmt: skip
     write_json(result, out / "inspect.json")
     return result, title

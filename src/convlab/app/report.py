@@ -12,7 +12,8 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from convlab.app.runs import RunRecord, find_runs, table, task_classes, to_markdown
+from convlab.app.runs import RunRecord, find_runs, task_classes
+from convlab.app.tables import table, to_markdown
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.core.io import write_atomic
 from convlab.core.plots import confusion_figure
@@ -21,7 +22,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) -> Figure:
-    """Per-epoch curves two panels a row, every run overlaid and labelled; 1200 px wide, 400 px per row (4 panels: 1200×800)."""
+    """Per-epoch curves, 2 panels a row, runs overlaid and labelled; 1200 px wide, 400 px a row (4 panels: 1200×800)."""
     rows = max(1, math.ceil(len(panels) / 2))
     fig = Figure(figsize=(12, 4 * rows), dpi=100)
     for i, (key, title) in enumerate(panels):
@@ -29,7 +30,7 @@ def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) ->
         for r in runs:
             points = [(row["epoch"], row[key]) for row in r.history if key in row]
             if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=r.label)
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=r.label)  # (epochs, values)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -39,7 +40,7 @@ def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) ->
 
 
 def accuracy_bars(runs: list[RunRecord], key: str = "acc", label: str = "test accuracy") -> Figure:
-    """Final test value `key` (accuracy) per run, labelled with parameters and images/s; 1000 px wide, 120 px per run."""
+    """Final test value `key` (accuracy) per run, labelled with parameters and images/s; 1000 px wide, 120 px a run."""
     fig = Figure(figsize=(10, 1.5 + 1.2 * len(runs)), dpi=100)
     ax = fig.add_subplot()
     accs = [r.value(f"test/{key}") for r in runs]
@@ -60,7 +61,7 @@ def accuracy_bars(runs: list[RunRecord], key: str = "acc", label: str = "test ac
 
 
 def accuracy_vs_macs(runs: list[RunRecord], key: str = "acc", label: str = "test accuracy") -> Figure:
-    """Test value `key` (accuracy) against multiply-adds per image (log scale), one labelled point per run; 900×600 px."""
+    """Test value `key` (accuracy) against multiply-adds per image (log scale), a labelled point per run; 900×600 px."""
     fig = Figure(figsize=(9, 6), dpi=100)
     ax = fig.add_subplot()
     for r in runs:
@@ -127,7 +128,7 @@ def _last_grid(run: RunRecord) -> Path | None:
 
 
 def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
-    """report.md and the figures in `out`; each written atomically, replacing a symbolic link rather than writing through it."""
+    """report.md and the figures in `out`, each written atomically (a symbolic link replaced, not written through)."""
     md = [
         f"# convlab report\n\n{len(runs)} runs from {', '.join(f'`{p}`' for p in paths)}\n",
         to_markdown(table(runs)),
@@ -166,7 +167,7 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
 def _test_figures(
     runs: list[RunRecord], metric: tuple[str, str], figure: Callable[[str, Figure, str], None], md: list[str], out: Path
 ) -> None:
-    """A test value (accuracy) per run, against MACs, beside each effective field, and the best run's confusion matrix."""
+    """A test value (accuracy) per run, against MACs, beside each effective field; the best run's confusion matrix."""
     key, label = metric
     tested = [r for r in runs if r.value(f"test/{key}") is not None]
     if tested:

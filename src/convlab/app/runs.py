@@ -1,9 +1,10 @@
-"""Runs read back from their folders (summary.json, metrics.csv, .hydra/overrides.yaml) and tabulated.
+"""Runs read back from their folders (summary.json, metrics.csv, .hydra/overrides.yaml).
 
-Shared by the sweep summary (written when a `-m` sweep ends) and `convlab report`; neither needs
-TensorBoard. A run folder without summary.json, or whose summary says "running", is shown as such.
-Run folders may come from someone else: a file that cannot be read, or that does not hold what
-convlab writes, marks its run "broken" with a one-line reason, and the other runs are reported as usual.
+Shared by the sweep summary (written when a `-m` sweep ends) and `convlab report`, which tabulate
+them with convlab.app.tables; neither needs TensorBoard. A run folder without summary.json, or
+whose summary says "running", is shown as such. Run folders may come from someone else: a file
+that cannot be read, or that does not hold what convlab writes, marks its run "broken" with a
+one-line reason, and the other runs are reported as usual.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
         if len(cells) != len(header):
             raise BrokenRun(f"{METRICS} line {number} has {len(cells)} cells but its header has {len(header)}")
         row = {}
-        for k, v in zip(header, cells):
+        for k, v in zip(header, cells, strict=True):  # equal lengths: checked just above
             if v == "":
                 continue
             try:
@@ -197,13 +198,14 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     test = summary.get("test") or {}
     if test.get("confusion") and test.get("per_class_acc") and len(test["per_class_acc"]) != len(test["confusion"]):
         raise BrokenRun(
-            f"{SUMMARY}: test.per_class_acc names {len(test['per_class_acc'])} classes but test.confusion has {len(test['confusion'])}"
+            f"{SUMMARY}: test.per_class_acc names {len(test['per_class_acc'])} classes "
+            f"but test.confusion has {len(test['confusion'])}"
         )
     return summary
 
 
 def _config_target(run_dir: Path) -> Any:
-    """The task `_target_` the run's .hydra/config.yaml names, or None (a `task: ${gan}` link followed; no resolvers run)."""
+    """The task `_target_` the run's .hydra/config.yaml names, or None (`task: ${gan}` followed; no resolver runs)."""
     try:
         config = yaml.safe_load(_read_text(run_dir, CONFIG) or "")
     except (BrokenRun, yaml.YAMLError, RecursionError):
@@ -225,14 +227,13 @@ def known_tasks() -> list[type]:
 
 
 def task_of(run_dir: Path, history: list[dict[str, float]]) -> type | None:
-    """The Task class that trained a run: the one its config names where trusted, else the one whose marker column its metrics hold."""
+    """The Task class that trained a run: its config's if trusted, else the one whose marker column its metrics hold."""
     from convlab.run import trust
     from convlab.tasks.base import task_class
 
     target = _config_target(run_dir)
-    named = (
-        task_class(target) if trust.allowed("task", target) else None
-    )  # a run folder's config imports only trusted modules
+    # a run folder's config imports only trusted modules
+    named = task_class(target) if trust.allowed("task", target) else None
     if named is not None:
         return named
     columns = {k for row in history for k in row}
@@ -295,68 +296,3 @@ def label_runs(runs: list[RunRecord]) -> None:
     keys = differing_keys(runs)
     for r in runs:
         r.label = " ".join(f"{k}={r.overrides.get(k, '(default)')}" for k in keys) or r.path.name
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def status_text(r: RunRecord) -> str:
-    """The status with the first line of its error, or the reason a broken run is broken."""
-    if r.status == "broken":
-        return f"broken: {r.problem}"
-    if r.status == "failed":
-        lines = (r.summary.get("error") or "").strip().splitlines()
-        return f"failed: {lines[0] if lines else ''}"
-    return r.status
-
-
-def table(runs: list[RunRecord]) -> list[dict[str, str]]:
-    """One row per run: job, differing overrides, status, best and final values, test values, cost."""
-    keys = differing_keys(runs)
-    best_name = next((r.summary["best"]["metric"] for r in runs if r.summary.get("best")), "best")
-    columns = dict.fromkeys(
-        c for task in task_classes(runs) for c in task.report.columns
-    )  # final-epoch and test values
-    values = [c for c in columns if any(r.value(c) is not None for r in runs)]
-    rows = []
-    for r in runs:
-        row = {"job": r.path.name.split("_", 1)[0] if re.match(r"\d+(_|$)", r.path.name) else r.path.name}
-        row |= {k: r.overrides.get(k, "(default)") for k in keys}
-        row["status"] = status_text(r)
-        row[f"best {best_name}"] = _fmt((r.summary.get("best") or {}).get("value"))
-        row |= {c if c.startswith("test/") else f"final {c}": _fmt(r.value(c)) for c in values}
-        row |= {
-            "epochs": _fmt(r.summary.get("epochs")),
-            "wall s": _fmt(r.summary.get("wall_time_s"), 1),
-            "parameters": f"{r.summary['parameters']:,}" if r.summary.get("parameters") else "",
-            "MACs": f"{r.summary['macs']:,}" if r.summary.get("macs") else "",
-            "images/s": _fmt(r.summary.get("images_per_s"), 0),
-        }
-        rows.append(row)
-    return rows
-
-
-def to_markdown(rows: list[dict[str, str]]) -> str:
-    """A GitHub-style table."""
-    if not rows:
-        return "(no runs)"
-    cols = list(rows[0])
-    escape = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(escape(row[c]) for c in cols) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def to_csv(rows: list[dict[str, str]]) -> str:
-    """The same rows as CSV, numbers without thousands separators so spreadsheets read them."""
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows([row | {k: row[k].replace(",", "") for k in ("parameters", "MACs")} for row in rows])
-    return buf.getvalue()

@@ -12,7 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from convlab.app.runs import RunRecord, find_runs, table, to_csv, to_markdown
+from convlab.app.runs import RunRecord, find_runs
+from convlab.app.tables import table, to_csv, to_markdown
 from convlab.run import rundir
 
 # Jobs of the last sweep in this process that did not end "ok" (the CLI's exit code reads it).
@@ -38,14 +39,16 @@ class SweepSummary(Callback):
         failed = sum(r.status != "ok" for r in runs)
         last_sweep.update(jobs=len(runs), failed=failed)
         print(
-            f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n(also in summary.md and summary.csv)"
+            f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n"
+            "(also in summary.md and summary.csv)"
         )
         best = best_run(runs)
         if best is not None:
             copy_atomic(best.path / ".hydra" / "config.yaml", sweep_dir / "best_config.yaml")
             b = best.summary["best"]
             print(
-                f"best: {best.label} ({best.path.name}) with {b['metric']} {b['value']:.4f}; its config: {sweep_dir / 'best_config.yaml'}"
+                f"best: {best.label} ({best.path.name}) with {b['metric']} {b['value']:.4f}; "
+                f"its config: {sweep_dir / 'best_config.yaml'}"
             )
 
 

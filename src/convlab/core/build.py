@@ -68,7 +68,8 @@ def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
         index = int(spec.split(":")[1]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
             raise ConvlabError(
-                f"device={spec}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}"
+                f"device={spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
             )
     if spec == "mps" and not torch.backends.mps.is_available():
         raise ConvlabError("device=mps: Apple MPS is not available on this machine; use device=cpu or device=auto")

@@ -120,10 +120,11 @@ class AnimeFaces(ImageDataset):
         with warnings.catch_warnings(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             decoded = list(pool.map(lambda f: decode(f, self.image_size), files))
-        bad = [f for f, im in zip(files, decoded) if im is None]
+        bad = [f for f, im in zip(files, decoded, strict=True) if im is None]  # pool.map: one result per file
         if len(bad) == len(files):
             raise ConvlabError(
-                f"anime_faces: none of the {len(files)} image files under {self.root} could be decoded; set data.root to a folder of face images"
+                f"anime_faces: none of the {len(files)} image files under {self.root} could be decoded; "
+                "set data.root to a folder of face images"
             )
         if bad:
             log.warning(
@@ -136,7 +137,8 @@ class AnimeFaces(ImageDataset):
         images = np.stack([im for im in decoded if im is not None])
         log.info("anime_faces: decoded %d images from %s", len(images), self.root)
         try:
-            # Older caches of this folder at this size are stale now (other sizes stay): drop them, then write atomically.
+            # Older caches of this folder at this size are stale now (other sizes stay): drop them,
+            # then write atomically.
             cache.parent.mkdir(parents=True, exist_ok=True)
             for old in cache.parent.glob(cache.name.rsplit("-", 1)[0] + "-*.npy"):
                 old.unlink()

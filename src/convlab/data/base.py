@@ -139,14 +139,16 @@ class ImageDataset(ABC):
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
         mode = choose_loader(self.mode, nbytes, free)
         if self.mode == "auto" and free is not None:
-            log.info("data: %s (%.2f GB of images%s)", "on the device" if mode == "device" else f"{self.workers} DataLoader workers",
+            log.info("data: %s (%.2f GB of images%s)",
+                     "on the device" if mode == "device" else f"{self.workers} DataLoader workers",
                      nbytes / 1e9, "" if free is None else f", {free / 1e9:.1f} GB free on {device}")  # fmt: skip
         result = {}
         for split, (x, y) in splits.items():
             train = split == "train"
             common = dict(
-                mean=self.mean, std=self.std, shuffle=train, drop_last=train, crop_padding=self.crop_padding if train else 0,
-                flip=self.flip and train, seed=seed, rank=rank if train else 0, world_size=world_size if train else 1,
+                mean=self.mean, std=self.std, shuffle=train, drop_last=train,
+                crop_padding=self.crop_padding if train else 0, flip=self.flip and train, seed=seed,
+                rank=rank if train else 0, world_size=world_size if train else 1,
             )  # fmt: skip
             batch = batch_size // world_size if train else batch_size
             if mode == "device":

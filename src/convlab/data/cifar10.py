@@ -82,7 +82,8 @@ class _BatchUnpickler(pickle.Unpickler):
         """The allowed global, or a one-line refusal naming it (a hostile pickle would run it)."""
         if (module, name) not in SAFE_GLOBALS:
             raise ConvlabError(
-                f"CIFAR-10 file {self.path} asks for the Python global {module}.{name}, which a batch file never needs; "
+                f"CIFAR-10 file {self.path} asks for the Python global {module}.{name}, "
+                "which a batch file never needs; "
                 "only numpy arrays, lists and numbers are read (the file may be hostile: do not unpickle it elsewhere)"
             )
         return SAFE_GLOBALS[module, name]
@@ -94,7 +95,8 @@ def _open_regular(path: Path) -> BinaryIO:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise ConvlabError(
-            f"CIFAR-10 file {path} is missing; the folder is incomplete (expected {', '.join(TRAIN_FILES)}, {TEST_FILE})"
+            f"CIFAR-10 file {path} is missing; "
+            f"the folder is incomplete (expected {', '.join(TRAIN_FILES)}, {TEST_FILE})"
         ) from None
     except OSError as e:
         raise ConvlabError(
@@ -103,7 +105,8 @@ def _open_regular(path: Path) -> BinaryIO:
     if not stat.S_ISREG(mode):
         kind = next((text for test, text in FILE_KINDS if test(mode)), "a special file")
         raise ConvlabError(
-            f"CIFAR-10 file {path} is {kind}, not a regular file; replace it with the batch file or point data.root elsewhere"
+            f"CIFAR-10 file {path} is {kind}, not a regular file; "
+            "replace it with the batch file or point data.root elsewhere"
         )
     return open(path, "rb")
 
@@ -160,7 +163,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             else f"type {type(data).__name__}"
         )
         raise ConvlabError(
-            f"CIFAR-10 file {path} holds data of {found}; expected uint8 of shape (N, 3072), one channel-major row per image"
+            f"CIFAR-10 file {path} holds data of {found}; "
+            "expected uint8 of shape (N, 3072), one channel-major row per image"
         )
     labels = _labels(d["labels"], path)
     if len(data) != len(labels):
@@ -183,7 +187,8 @@ class CIFAR10(ImageDataset):
             return self.root
         if self.root.exists() and not self.root.is_dir():
             raise ConvlabError(
-                f"CIFAR-10: data.root {self.root} is a file; point data.root at a folder that holds {FOLDER}/ or use data=synthetic"
+                f"CIFAR-10: data.root {self.root} is a file; "
+                f"point data.root at a folder that holds {FOLDER}/ or use data=synthetic"
             )
         folder = self.root / FOLDER
         if not folder.is_dir():
@@ -201,7 +206,8 @@ class CIFAR10(ImageDataset):
             download_and_extract_archive(URL, download_root=str(self.root), md5=MD5)
         except Exception as e:
             raise ConvlabError(
-                f"CIFAR-10 not found in {folder} and the download from {URL} failed ({type(e).__name__}: {e}); offline, {offline}"
+                f"CIFAR-10 not found in {folder} and the download from {URL} failed "
+                f"({type(e).__name__}: {e}); offline, {offline}"
             ) from None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

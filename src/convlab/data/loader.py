@@ -66,7 +66,7 @@ def apply_crops(
 
 @dataclass(eq=False, repr=False)
 class Batches:
-    """What both loaders take: uint8 (N, C, H, W) images, int64 (N,) labels, and how to batch, augment and normalise them.
+    """What both loaders take: uint8 (N, C, H, W) images, int64 (N,) labels, and how to batch, augment, normalise them.
 
     Call `set_epoch(e)` before iterating, as with DistributedSampler: epoch e's shuffle and
     augmentation come from (seed, e).

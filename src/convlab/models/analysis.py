@@ -48,7 +48,7 @@ def kind_of(module: nn.Module) -> str:
 
 
 def geometry(module: nn.Module) -> tuple[int, int, int] | None:
-    """(kernel, stride, dilation) of the first spatial operation in `module`; None for a global one (linear, pool to 1×1)."""
+    """(kernel, stride, dilation) of the first spatial op in `module`; None for a global one (linear, 1×1 pool)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             return m.kernel_size[0], m.stride[0], m.dilation[0]
@@ -61,7 +61,7 @@ def geometry(module: nn.Module) -> tuple[int, int, int] | None:
 
 
 def layer_table(model: nn.Module, image: tuple[int, int, int]) -> dict[str, Any]:
-    """Per-layer name, kind, output shape, parameters, MACs, receptive field and jump, with totals, for one (C, H, W) image."""
+    """Per layer: name, kind, output shape, parameters, MACs, receptive field, jump; totals; for a (C, H, W) image."""
     rows, shapes = rows_of(model), {}
     hooks = [
         m.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape[1:])))
@@ -91,14 +91,15 @@ def layer_table(model: nn.Module, image: tuple[int, int, int]) -> dict[str, Any]
             "name": name, "kind": kind_of(module), "output": shapes.get(name),
             "parameters": sum(p.numel() for p in module.parameters()),
             "macs": sum(flops.get(f"{prefix}.{name}", {}).values()) // 2,
-            "receptive_field": None if shortcut else field if field is not None else "global", "jump": None if shortcut or field is None else jump,
+            "receptive_field": None if shortcut else field if field is not None else "global",
+            "jump": None if shortcut or field is None else jump,
         })  # fmt: skip
     total = {"parameters": sum(p.numel() for p in model.parameters()), "macs": counter.get_total_flops() // 2}
     return {"input": list(image), "unit": UNIT, "layers": layers, "total": total}
 
 
 def effective_field(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:
-    """Luo et al. 2016: mean over `images` of |∂ (centre unit of `layer`, summed over channels) / ∂ input|, (H, W), max 1."""
+    """Luo et al. 2016: mean over `images` of |∂ (centre unit of `layer`, channels summed) / ∂ input|, (H, W), max 1."""
     module = dict(model.named_modules())[layer]
     captured: list[torch.Tensor] = []
     hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
@@ -140,7 +141,7 @@ RAMP = (
 
 
 def field_image(field: torch.Tensor, scale: int = 8) -> torch.Tensor:
-    """A field (H, W) in [0, 1] as an RGB picture (3, H·scale, W·scale) in [0, 1]: dark = unseen, bright = the strongest pixel."""
+    """A field (H, W) in [0, 1] as an RGB picture (3, H·scale, W·scale) in [0, 1]: dark = unseen, bright = strongest."""
     pos = field.detach().float().cpu().clamp(0, 1) * (len(RAMP) - 1)
     low = pos.floor().long().clamp(max=len(RAMP) - 2)
     rgb = torch.lerp(RAMP[low], RAMP[low + 1], (pos - low)[..., None])  # (H, W, 3)

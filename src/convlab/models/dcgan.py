@@ -37,7 +37,7 @@ class Generator(nn.Module):
             nn.Linear(z_dim, widths[0] * 16, bias=False), nn.BatchNorm1d(widths[0] * 16), nn.ReLU(True)
         )
         layers: list[nn.Module] = []
-        for cin, cout in zip(widths[:-1], widths[1:]):
+        for cin, cout in zip(widths[:-1], widths[1:], strict=True):
             layers += [
                 nn.ConvTranspose2d(cin, cout, 5, 2, 2, output_padding=1, bias=False),
                 nn.BatchNorm2d(cout),
@@ -64,7 +64,7 @@ class Discriminator(nn.Module):
         k = _blocks(image_size)
         widths = [in_channels] + [dim * 2**i for i in range(k)]
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers += [nn.Conv2d(cin, cout, 5, 2, 2, bias=norm != "batch" or i == 0)]
             layers += [_norm2d(norm, cout)] if i else []
             layers += [nn.LeakyReLU(0.2, True)]

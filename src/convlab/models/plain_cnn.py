@@ -58,7 +58,7 @@ class PlainCNN(nn.Module):
                     conv="standard" if i == 0 else conv,
                     groups=groups,
                 )
-                for i, (cin, cout, d) in enumerate(zip(widths[:-1], widths[1:], dilations))
+                for i, (cin, cout, d) in enumerate(zip(widths[:-1], widths[1:], dilations, strict=True))
             )
         )
         self.pool = nn.AdaptiveAvgPool2d(1)

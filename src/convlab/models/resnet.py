@@ -49,7 +49,8 @@ class ResNet18(nn.Module):
         groups: int = 4,
     ) -> None:
         super().__init__()
-        # The stem reads the image and stays standard; model.conv applies to every 3×3 in the blocks, 1×1 shortcuts stay.
+        # The stem reads the image and stays standard; model.conv applies to every 3×3 in the blocks,
+        # 1×1 shortcuts stay.
         self.stem = ConvBNAct(in_channels, widths[0], 3, 1, padding=1, conv_impl=conv_impl)
         blocks: list[nn.Module] = []
         in_ch = widths[0]

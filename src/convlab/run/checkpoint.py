@@ -170,5 +170,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ConvlabError(
-            f"the checkpoint's random-number state is malformed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            "the checkpoint's random-number state is malformed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None

@@ -51,7 +51,8 @@ def compose(config_name: str, overrides: list[str], hydra: bool = False) -> Dict
                 (a for a in overrides if a.startswith(("hydra/launcher=", "hydra/sweeper=", "+search="))), plugin
             )
             raise ConfigError(
-                f'{asked} needs Hydra\'s {plugin} plugin, which is not installed: pip install -e ".[{PLUGIN_EXTRAS[plugin]}]"'
+                f"{asked} needs Hydra's {plugin} plugin, which is not installed: "
+                f'pip install -e ".[{PLUGIN_EXTRAS[plugin]}]"'
             ) from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:2])) from None
@@ -73,7 +74,8 @@ def expand(overrides: list) -> list[list[str]] | None:
             bad = [v for v in values if v not in options]
             if bad:
                 raise ConfigError(
-                    f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; choose one of: {', '.join(options) or '(none)'}"
+                    f"{o.key_or_group}={bad[0]} is not a config in conf/{o.key_or_group}/; "
+                    f"choose one of: {', '.join(options) or '(none)'}"
                 )
         choices.append([f"{o.get_key_element()}={v}" for v in values] if o.is_sweep_override() else [o.input_line])
     return [list(job) for job in itertools.islice(itertools.product(*choices), 32)]

@@ -34,7 +34,8 @@ def join(args: list[str], prepare: Callable[[], tuple[list[str], int | None]]) -
     rank, _, size = world()
     if "-m" in args or "--multirun" in args:
         sys.exit(
-            "error: -m sweeps run one process per job; start several processes per job with a launcher, not around a sweep"
+            "error: -m sweeps run one process per job; "
+            "start several processes per job with a launcher, not around a sweep"
         )
     if not dist.is_initialized():
         # One group for both: gloo for CPU objects (like the folder name), NCCL for CUDA tensors.
@@ -81,7 +82,8 @@ def check_devices(spec: str, nproc: int) -> None:
     device = resolve_device(spec)
     if device.type == "cuda" and ":" not in spec and nproc > torch.cuda.device_count():
         raise ConvlabError(
-            f"trainer.devices={nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); use at most that many, or device=cpu"
+            f"trainer.devices={nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use at most that many, or device=cpu"
         )
 
 

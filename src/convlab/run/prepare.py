@@ -96,7 +96,8 @@ def prepare_config(cfg: DictConfig, *, write: bool = True, validated: bool = Fal
     out = Path(cfg.out_dir)
     if plan is None and holds_run(out):
         raise ConvlabError(
-            f"{out} already holds a run; a new one would overwrite it: continue it with {resume_command(out)}, or choose another folder"
+            f"{out} already holds a run; a new one would overwrite it: "
+            f"continue it with {resume_command(out)}, or choose another folder"
         )
     out.mkdir(parents=True, exist_ok=True)
     return _lock(cfg, plan)

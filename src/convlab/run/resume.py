@@ -47,18 +47,21 @@ def plan(resume: str, overrides: list[str] = ()) -> Plan:
                 newest = load_checkpoint(last)["epoch"]
             except ConvlabError:
                 raise ConvlabError(
-                    f"resume={resume}: the run's {last} is unreadable, so this older checkpoint could move the run backwards; copy {path.name} out of {run_dir} to start a new run from it"
+                    f"resume={resume}: the run's {last} is unreadable, so this older checkpoint could move the run "
+                    f"backwards; copy {path.name} out of {run_dir} to start a new run from it"
                 ) from None
             if newest > state["epoch"]:
                 raise ConvlabError(
-                    f"resume={resume} is at epoch {state['epoch']} but the run's {last} is at epoch {newest}: resuming it would discard "
-                    f"epochs {state['epoch'] + 1}-{newest}; continue the run with resume={run_dir}, or copy {path.name} out of {run_dir} to branch a new run"
+                    f"resume={resume} is at epoch {state['epoch']} but the run's {last} is at epoch {newest}: "
+                    f"resuming it would discard epochs {state['epoch'] + 1}-{newest}; continue the run with "
+                    f"resume={run_dir}, or copy {path.name} out of {run_dir} to branch a new run"
                 )
     check_overrides(state["config"], list(overrides))
     stopped = EarlyStop.of_checkpoint(state).verdict(state["history"])
     if stopped and run_dir is None:  # its best weights and its test belong to the run it came from
         raise ConvlabError(
-            f"resume={resume}: this checkpoint's run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); there is nothing to continue: score it with convlab eval ckpt={resume}"
+            f"resume={resume}: this checkpoint's run stopped early at epoch {stopped['epoch']} "
+            f"({stopped['reason']}); there is nothing to continue: score it with convlab eval ckpt={resume}"
         )
     ended = state["epoch"] >= state["config"]["epochs"] or stopped is not None
     finished = run_dir is not None and ended and RunDir(run_dir).read_summary().get("status") == "ok"
@@ -129,12 +132,13 @@ def check_overrides(saved: dict[str, Any], overrides: list[str]) -> None:
     if differ:
         allowed = ", ".join(f"{k}=" for k in MAY_CHANGE)
         raise ConfigError(
-            f"resume= continues a run with its saved config, and these values differ from it: {'; '.join(differ)}; drop them (only {allowed} may change)"
+            "resume= continues a run with its saved config, and these values differ from it: "
+            f"{'; '.join(differ)}; drop them (only {allowed} may change)"
         )
 
 
 def resume_config(cfg: DictConfig, p: Plan) -> DictConfig:
-    """The checkpoint's own config, with this session's device and length, writing into its run folder (or `cfg.out_dir` for a branch)."""
+    """The checkpoint's config with this session's device and length, writing to its run folder (a branch: out_dir)."""
     saved = OmegaConf.create(p.state["config"])
     saved.device, saved.resume, saved.trainer.stop_after = cfg.device, cfg.resume, cfg.trainer.stop_after
     saved.trainer.devices = cfg.trainer.devices

@@ -35,7 +35,10 @@ SWEEP_FILES = ("multirun.yaml", "summary.md", "summary.csv", "optimization_resul
 # a symbolic link there would send a write elsewhere. convlab's own files are replaced atomically,
 # which replaces a link instead of writing through it.
 REDIRECTS = ("train.log", ".hydra", "checkpoints", "samples")
-GONE = "the process ended while the run was running (killed, or its machine stopped); resume= continues from the last checkpoint"
+GONE = (
+    "the process ended while the run was running (killed, or its machine stopped); "
+    "resume= continues from the last checkpoint"
+)
 _held: dict[Path, int] = {}  # folder -> descriptor of the lock this process holds
 _PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]+")
 
@@ -120,7 +123,8 @@ def check_links(folder: Path) -> None:
         links += [p for p in (folder / ".hydra").iterdir() if p.is_symlink()]
     if links:
         raise ConvlabError(
-            f"run folder {folder}: {links[0].relative_to(folder)} is a symbolic link; convlab does not write through links (remove it or use another folder)"
+            f"run folder {folder}: {links[0].relative_to(folder)} is a symbolic link; "
+            "convlab does not write through links (remove it or use another folder)"
         )
 
 
@@ -182,7 +186,7 @@ def read_summary(folder: Path) -> dict[str, Any]:
 
 
 def settle(folder: Path) -> None:
-    """In `folder` and its subfolders (a sweep's jobs): a summary.json that says "running" while no process holds the run becomes "interrupted"."""
+    """In `folder` and its subfolders (sweep jobs): a "running" summary.json no process holds becomes "interrupted"."""
     for run in [folder, *(d for d in folder.iterdir() if d.is_dir())] if folder.is_dir() else []:
         summary = read_summary(run)
         if summary.get("status") == "running" and not is_locked(run):

@@ -1,4 +1,4 @@
-"""All run output but summary.json (rundir.RunDir writes it) in one place: TensorBoard, metrics.csv, figures, progress, log lines.
+"""All run output but summary.json (rundir.RunDir's) in one place: TensorBoard, metrics.csv, figures, progress, logs.
 
 Only the main process writes (rank 0 under DDP); elsewhere every method is a no-op, so
 callers never check ranks.
@@ -53,7 +53,7 @@ def _fmt(key: str, v: Any) -> str:
 
 
 def _critical(method: Callable) -> Callable:
-    """Run a writer method whole: a Ctrl-C or SIGTERM that arrives meanwhile takes effect after it (see interrupts.py)."""
+    """Run a writer method whole: a Ctrl-C or SIGTERM arriving meanwhile takes effect after it (see interrupts.py)."""
 
     @functools.wraps(method)
     def whole(*args: Any, **kwargs: Any) -> Any:

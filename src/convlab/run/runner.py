@@ -126,7 +126,8 @@ def _assemble(job: Prepared, write: bool, rank: int, local_rank: int, world_size
     task = build(
         cfg.task, "task",
         model=config["model"], optim=config["optim"], sched=config["sched"], info=info, device=device,
-        total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, precision=Precision(precision, device, why),
+        total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+        precision=Precision(precision, device, why),
     )  # fmt: skip
     macs = task.macs()  # before compile and DDP wrap: counting runs one forward pass
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -236,8 +237,9 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
     n = torch.get_num_threads()
     threads = f" ({n} thread{'s' * (n != 1)})" if run.device.type == "cpu" else ""
     macs = f", {run.macs / 1e6:,.1f} M MACs per image" if run.macs else ""
-    log.info("%s on %s: %s parameters%s, %s images, device %s%s, precision %s, output %s", summary["model"], summary["data"],
-             f"{summary['parameters']:,}", macs, sizes, run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
+    log.info("%s on %s: %s parameters%s, %s images, device %s%s, precision %s, output %s",
+             summary["model"], summary["data"], f"{summary['parameters']:,}", macs, sizes,
+             run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
     logger.describe_run(summary["command"], trainer.meta["config"], task.charts, trainer.epoch)
     test = trainer.fit()
     checksums = trainer.checksums
@@ -266,8 +268,9 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
             | (trainer.early_stopped or {})
         )
         if trainer.early_stopped and trainer.is_main:  # the other ranks neither test nor log
-            log.info("stopped early after epoch %d of %d: %s; testing the %s weights (epoch %d)", trainer.epoch, cfg.epochs,
-                     trainer.early_stopped["reason"], trainer.tested["which"], trainer.tested["epoch"])  # fmt: skip
+            log.info("stopped early after epoch %d of %d: %s; testing the %s weights (epoch %d)",
+                     trainer.epoch, cfg.epochs, trainer.early_stopped["reason"],
+                     trainer.tested["which"], trainer.tested["epoch"])  # fmt: skip
     if checksums:
         summary["ddp"] = {
             "world_size": trainer.world_size,

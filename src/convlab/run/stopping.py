@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class EarlyStop:
-    """Stop when `metric` (mode "max" or "min") has not improved by more than `min_delta` for `patience` validation passes."""
+    """Stop when `metric` (mode "max" or "min") has not improved by over `min_delta` in `patience` validation passes."""
 
     metric: str
     mode: str
@@ -57,7 +57,8 @@ class EarlyStop:
                 by = f" by more than {self.min_delta:g}" if self.min_delta else ""
                 return {
                     "epoch": row["epoch"],
-                    "reason": f"{self.metric} did not improve{by} on {best:.4g} (epoch {best_epoch}) in {waited} validation pass{'es' * (waited != 1)}",
+                    "reason": f"{self.metric} did not improve{by} on {best:.4g} (epoch {best_epoch}) "
+                    f"in {waited} validation pass{'es' * (waited != 1)}",
                 }
         return None
 

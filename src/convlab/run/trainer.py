@@ -74,7 +74,7 @@ class TrainerSettings:
         world_size: int = 1,
         save: bool = True,
     ) -> TrainerSettings:
-        """From a composed config plus what it cannot say: the device's memory format, the process's rank and world size, whether to write."""
+        """From a composed config plus what it cannot say: memory format, process rank, world size, whether to write."""
         t = cfg.trainer
         return cls(
             epochs=cfg.epochs, log_every=t.log_every, eval_every=t.eval_every, memory_format=memory_format,
@@ -115,7 +115,8 @@ class Trainer:
         self.early_stop = EarlyStop.from_config(settings.early_stop, self.best["metric"], mode)
         if self.early_stop.patience and not task.monitor_available:
             raise ConfigError(
-                f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric {self.early_stop.metric}, which this run does not compute; drop it"
+                f"trainer.early_stop.patience={self.early_stop.patience} needs the validation metric "
+                f"{self.early_stop.metric}, which this run does not compute; drop it"
             )
         self.early_stopped: dict[str, Any] | None = None  # when and why the run stopped early
         self.tested: dict[str, Any] = {}  # which weights the test pass used
@@ -284,7 +285,7 @@ class Trainer:
     def _read(
         self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int
     ) -> dict[str, tuple[float, float]]:
-        """All ranks' (sum, count) per key so far, in one device read; stops the run at the first NaN/Inf any rank saw."""
+        """All ranks' (sum, count) per key so far in one device read; stops the run at the first NaN/Inf a rank saw."""
         keys = list(sums)
         totals = all_reduce(
             torch.stack([sums[k] for k in keys] + [torch.tensor(float(counts[k]), device=self.device) for k in keys])

@@ -49,7 +49,7 @@ def conf_targets() -> dict[str, frozenset[str]]:
 
 
 def _is_torch_class(target: str, module: str) -> bool:
-    """`module`.NAME is an Optimizer (torch.optim) or LRScheduler (torch.optim.lr_scheduler) class: looked up, not called."""
+    """`module`.NAME is an Optimizer (torch.optim) or LRScheduler (its lr_scheduler) class: looked up, not called."""
     import torch
 
     where, _, name = target.rpartition(".")
@@ -124,14 +124,16 @@ def check_config(config: Any, source: str) -> None:
                     raise ConvlabError(f"{source}: config key {key!r} is not a string; refusing it")
                 if k.startswith("_") and k != "_partial_" and not (k == "_target_" and path in SLOTS):
                     raise ConvlabError(
-                        f"{source}: config key {key} is an instruction to Hydra ({v!r}) where convlab's configs hold none; refusing it"
+                        f"{source}: config key {key} is an instruction to Hydra ({v!r}) "
+                        "where convlab's configs hold none; refusing it"
                     )
                 stack.append((key, v))
         elif isinstance(node, list):
             stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
         elif isinstance(node, str) and "${" in node:
             raise ConvlabError(
-                f"{source}: config key {path} holds an interpolation {node[:60]!r}; a saved config holds plain values only"
+                f"{source}: config key {path} holds an interpolation {node[:60]!r}; "
+                "a saved config holds plain values only"
             )
         elif node is not None and not isinstance(node, (bool, int, float, str)):
             raise ConvlabError(

@@ -28,7 +28,7 @@ def numbers_only(result: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Report:
-    """What `convlab report` and the sweep tables show of a task's runs (keys as metrics.csv has them; test/... from summary.json)."""
+    """What `convlab report` and sweep tables show of a task's runs (metrics.csv's keys; test/... from summary.json)."""
 
     columns: tuple[str, ...] = ("val/loss", "test/loss")  # final-epoch and test values worth a table column
     curves: tuple[tuple[str, str], ...] = (
@@ -83,7 +83,7 @@ class Task(ABC):
 
     def __init__(self, model: dict, optim: dict, sched: dict, info: DataInfo, device: torch.device,
                  total_steps: int, steps_per_epoch: int, precision: Precision | None = None) -> None:  # fmt: skip
-        """What every task is given: its model, optim and sched configs, the data's description, the device and step counts."""
+        """What every task is given: model, optim and sched configs, the data's description, device and step counts."""
         self.precision = precision or Precision()  # autocast and loss scaling, chosen by the trainer's config
         self.info, self.device = info, device
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
@@ -109,7 +109,7 @@ class Task(ABC):
             cls.__signature__ = inspect.Signature(keyword)  # type: ignore[attr-defined]
 
     def build_model(self, **kwargs: Any) -> nn.Module:
-        """The run's model config built with `kwargs` (what the data says: classes, channels, size), on the run's device."""
+        """The run's model config built with `kwargs` (the data's classes, channels, size), on the run's device."""
         return build(self.configs["model"], "model", **kwargs).to(self.device)
 
     def add_model(self, name: str, model: nn.Module, every: int = 1) -> nn.Module:
@@ -150,6 +150,7 @@ class Task(ABC):
 
     def attach(self, loaders: dict[str, Iterable]) -> None:
         """See the run's loaders before training or evaluation (a GAN keeps the real images for FID)."""
+        return None  # a hook, not abstract: most tasks need nothing from the loaders
 
     def train(self, mode: bool = True) -> None:
         """Put every model in training (or evaluation) mode."""
@@ -233,8 +234,9 @@ def _check_like(current: dict[str, Any], saved: dict[str, Any], what: str) -> No
 
 
 def _check_optimizer(opt: Optimizer, before: list[dict[str, Any]], what: str) -> None:
-    """After loading: hyperparameters of the same kinds as the config's, per-parameter buffers of the parameters' shapes."""
-    for group, fresh in zip(opt.param_groups, before):
+    """After loading: hyperparameters of the config's kinds, per-parameter buffers of the parameters' shapes."""
+    # load_state_dict refuses a different number of parameter groups, so both lists are equally long
+    for group, fresh in zip(opt.param_groups, before, strict=True):
         bad = next((k for k, v in fresh.items() if k in group and not _same_kind(group[k], v)), None)
         if bad:
             raise ConvlabError(f"its {what} state has {bad}={group[bad]!r}, unlike a {type(fresh[bad]).__name__}")
@@ -242,5 +244,6 @@ def _check_optimizer(opt: Optimizer, before: list[dict[str, Any]], what: str) ->
             for key, value in opt.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
                     raise ConvlabError(
-                        f"its {what} state has {key} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
+                        f"its {what} state has {key} of shape {tuple(value.shape)} "
+                        f"for a parameter of shape {tuple(p.shape)}"
                     )

@@ -22,8 +22,10 @@ class ClassificationTask(Task):
     metric_names = {"loss": "loss", "acc": "accuracy"}
     report = Report(
         columns=("val/acc", "test/acc"),
-        curves=(("train/loss", "train loss"), ("val/loss", "validation loss"), ("train/acc", "train accuracy"), ("val/acc", "validation accuracy")),
-        curves_png="curves.png", caption="Loss and accuracy per epoch", marker="train/acc", test_metric=("acc", "test accuracy"),
+        curves=(("train/loss", "train loss"), ("val/loss", "validation loss"),
+                ("train/acc", "train accuracy"), ("val/acc", "validation accuracy")),
+        curves_png="curves.png", caption="Loss and accuracy per epoch", marker="train/acc",
+        test_metric=("acc", "test accuracy"),
     )  # fmt: skip
 
     def __init__(self, label_smoothing: float = 0.0, **run: Any) -> None:
@@ -32,7 +34,9 @@ class ClassificationTask(Task):
         info = self.info
         if info.num_classes < 2:
             raise ConfigError(
-                f"model={self.configs['model'].get('name')} is a classifier, but the data has {info.num_classes} class ({', '.join(info.class_names)}); use a labelled dataset, or model=dcgan to generate images"
+                f"model={self.configs['model'].get('name')} is a classifier, "
+                f"but the data has {info.num_classes} class ({', '.join(info.class_names)}); "
+                "use a labelled dataset, or model=dcgan to generate images"
             )
         self.label_smoothing = label_smoothing
         self.model = self.add_model(
@@ -83,7 +87,8 @@ class ClassificationTask(Task):
         result: dict[str, Any] = {"loss": loss_sum.item() / n, "acc": cm.diag().sum().item() / n}
         if final:
             per_class = cm.diag().double() / cm.sum(1).clamp(min=1)
-            result["per_class_acc"] = dict(zip(self.info.class_names, per_class.tolist()))
+            # not strict: a checkpoint's data_info is read back without checking its names against num_classes
+            result["per_class_acc"] = dict(zip(self.info.class_names, per_class.tolist(), strict=False))
             result["confusion"] = cm.tolist()
             from convlab.core.plots import confusion_figure  # matplotlib costs ~0.7 s to import: only when needed
             from convlab.models.analysis import field_image, field_of

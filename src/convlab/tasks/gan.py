@@ -51,8 +51,10 @@ class GANTask(Task):
     samples = True
     report = Report(
         columns=("train/loss/D", "train/loss/G", "test/fid"),
-        curves=(("train/loss/D", "discriminator loss"), ("train/loss/G", "generator loss"), ("train/D_x", "D(x)"), ("train/D_G_z", "D(G(z))")),
-        curves_png="gan_curves.png", caption="GAN losses and discriminator outputs per epoch", marker="train/loss/G",
+        curves=(("train/loss/D", "discriminator loss"), ("train/loss/G", "generator loss"),
+                ("train/D_x", "D(x)"), ("train/D_G_z", "D(G(z))")),
+        curves_png="gan_curves.png", caption="GAN losses and discriminator outputs per epoch",
+        marker="train/loss/G",
     )  # fmt: skip
 
     @classmethod
@@ -73,7 +75,7 @@ class GANTask(Task):
         fid_samples: int = 2048,
         **run: Any,
     ) -> None:
-        """Generator and discriminator from the model config, each with its optimizer and schedule (G's steps every d_steps)."""
+        """Generator and discriminator from model config, each with optimizer and schedule (one G step per d_steps)."""
         super().__init__(**run)
         # Settings, data scaling and their combinations are checked by convlab.run.schema.validate.
         # The gradient penalty assumes each sample's critic value depends on that sample alone: no BatchNorm.

@@ -46,7 +46,8 @@ def onecycle(
     needed = math.ceil(2 / min(pct_start, 1 - pct_start))  # OneCycleLR divides by each phase's length
     if total_steps < needed:
         raise ConfigError(
-            f"sched=onecycle needs at least {needed} optimizer steps with sched.pct_start={pct_start}; this run has {total_steps} (epochs × batches): train longer or use sched=cosine"
+            f"sched=onecycle needs at least {needed} optimizer steps with sched.pct_start={pct_start}; "
+            f"this run has {total_steps} (epochs × batches): train longer or use sched=cosine"
         )
     max_lr = [g["lr"] * max_lr_factor for g in optimizer.param_groups]
     return OneCycleLR(
