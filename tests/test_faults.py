@@ -1,4 +1,4 @@
-"""Ordinary events during a run: a signal while a checkpoint is being written."""
+"""Ordinary events during a run: a signal while a checkpoint is being written, a run that diverges."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from convlab.core.errors import Terminated
 from convlab.run.checkpoint import load_checkpoint
 from convlab.run.runner import train
-from tests.conftest import SMALL, make_cfg
+from tests.conftest import SMALL, TINY, make_cfg, run_cli
 
 FAST = (*SMALL, "model.channels=[8,8,8]", "epochs=3", "trainer.precision=fp32")
 
@@ -40,3 +40,98 @@ def test_a_signal_during_a_checkpoint_write_ends_the_run_after_it(
     assert summary["status"] == "interrupted" and summary["epochs"] == 1  # not all three epochs and "ok"
     assert load_checkpoint(tmp_path)["epoch"] == 1  # the write it arrived in was finished, whole
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_a_diverging_sweep_job_ends_diverged_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    proc = run_cli(
+        "train", "-m", *TINY, "epochs=1", "trainer.precision=fp32", "optim.lr=1e-3,1e9", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert proc.returncode == 1, proc.stderr  # the sweep ran to its end, but not every job succeeded
+    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("*/error.txt"))
+    ok, bad = (json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json")))
+    assert ok["status"] == "ok" and bad["status"] == "diverged"
+    assert "epoch 1" in bad["error"] and "nan" in bad["error"] and "lower optim.lr" in bad["error"]
+    said = [line for line in proc.stderr.splitlines() if "diverged" in line]
+    assert len(said) == 1 and "epoch 1" in said[0], proc.stderr
+    table = (tmp_path / "summary.md").read_text()
+    assert "| diverged" in table and "IndexError" not in table
+
+
+@pytest.fixture
+def nan_run(tmp_path: Path) -> Path:
+    """A finished run whose saved weights are all NaN (what a diverged run can leave behind)."""
+    train(make_cfg(tmp_path / "run", *FAST, "epochs=1"))
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    for tensor in state["task"]["models"]["model"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(state, path)
+    (tmp_path / "run" / "checkpoints" / "best.pt").unlink()
+    return tmp_path / "run"
+
+
+def test_nan_weights_do_not_crash_eval_or_inspect(nan_run: Path, tmp_path: Path) -> None:
+    scored = run_cli("eval", f"ckpt={nan_run}", "device=cpu")
+    assert scored.returncode == 0 and "Traceback" not in scored.stderr, scored.stderr
+    assert "nan" in scored.stdout
+    looked = run_cli("inspect", f"ckpt={nan_run}", f"out={tmp_path / 'inspect'}", "device=cpu")
+    assert looked.returncode == 0 and "Traceback" not in looked.stderr, looked.stderr
+    assert (tmp_path / "inspect" / "effective_field.png").is_file()
+
+
+def test_report_escapes_what_a_run_folder_supplies(tmp_path: Path) -> None:
+    import yaml
+    from omegaconf import OmegaConf
+
+    from convlab.app.report import report
+    from tests.test_hostile_data import write_run
+
+    hostile = "0.1|x\n# Owned <script>alert(1)</script> [link](javascript:x) `code"  # a real newline
+    overrides = yaml.safe_dump([f"optim.lr={hostile}"])
+    write_run(tmp_path / "runs" / "0_a", "0.1", {".hydra/overrides.yaml": overrides})
+    write_run(tmp_path / "runs" / "1_b", "0.2", {})
+    md = report(OmegaConf.create({"paths": [str(tmp_path / "runs")], "out": None})).read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "\n# Owned" not in md  # no heading injected
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    # every row has the header's cells: an unescaped | in a value would add one
+    assert table and len({line.count("|") - line.count("\\|") for line in table}) == 1
+
+
+def test_sample_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    old_gan = Path(__file__).parent / "fixtures" / "runs_v0_1" / "gan"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "link.png"
+    link.symlink_to(victim)
+    proc = run_cli("sample", f"ckpt={old_gan}", "n=4", f"out={link}", "device=cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert victim.read_text() == "keep me" and not link.is_symlink() and link.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("out_dir", [5, "", "   "])
+def test_the_api_refuses_an_out_dir_that_is_not_a_folder_name(
+    out_dir: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import convlab
+    from convlab.core.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # where out_dir="" would have trained
+    with pytest.raises(ConfigError, match="out_dir=") as err:
+        convlab.train(*TINY, out_dir=out_dir, quiet=True)
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
+
+
+def test_load_says_when_the_tested_best_weights_are_gone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import convlab
+
+    # lr 1e-9: epoch 2 cannot beat epoch 1, so the run stops early after epoch 2 of 3 and tests best.pt
+    summary = train(make_cfg(tmp_path / "run", *FAST, "trainer.early_stop.patience=1", "optim.lr=1e-9"))
+    assert summary["test_weights"]["which"] == "best" and summary["test_weights"]["epoch"] == 1
+    (tmp_path / "run" / "checkpoints" / "best.pt").unlink()
+    with caplog.at_level("WARNING", logger="convlab"):
+        loaded = convlab.load(tmp_path / "run", device="cpu")
+    assert loaded.checkpoint.name == "last.pt" and loaded.epoch == 2
+    said = [r.getMessage() for r in caplog.records if "best.pt" in r.getMessage()]
+    assert len(said) == 1 and "last.pt" in said[0] and "epoch 2" in said[0], caplog.text

@@ -21,6 +21,7 @@ from convlab.app import sweep
 from convlab.app.evaluate import sample_checkpoint
 from convlab.app.report import report
 from convlab.app.runs import find_runs
+from convlab.app.tables import md_text
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.data.anime_faces import AnimeFaces, list_images
 from convlab.data.cifar10 import CIFAR10, FOLDER, TEST_FILE, TRAIN_FILES
@@ -296,7 +297,8 @@ def test_report_lists_broken_runs_and_draws_the_good_one(mixed_sweep: Path, tmp_
         note = next(
             line for line in lines if line.startswith("- ") and f"{i}_optim.lr=bad{i}`)" in line
         )  # the list of runs
-        assert reason in row.partition(" | broken: ")[2] and reason in note.partition(": **broken**: ")[2], case
+        shown = md_text(reason)  # as report.md shows a run's own text: Markdown and HTML escaped
+        assert shown in row.partition(" | broken: ")[2] and shown in note.partition(": **broken**: ")[2], case
     for name in ("curves.png", "test_accuracy.png", "confusion.png"):
         assert Image.open(tmp_path / "out" / name).size[0] > 200 and f"]({name})" in md
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from convlab.core.build import build
-from convlab.core.errors import ConvlabError
+from convlab.core.errors import ConvlabError, Diverged
 from convlab.run.checkpoint import load_checkpoint
 from convlab.run.runner import train
 from convlab.tasks.classification import ClassificationTask
@@ -139,10 +139,12 @@ def test_divergence_stops_with_the_epoch_and_keeps_the_last_checkpoint(
         return out | {"loss": torch.tensor(float("nan"))} if calls["n"] > 540 // 64 + 2 else out
 
     monkeypatch.setattr(ClassificationTask, "train_step", nan_in_epoch_2)
-    with pytest.raises(ConvlabError, match=r"diverged in epoch 2 at step 3: train/loss = nan; .*last\.pt \(epoch 1\)"):
+    with pytest.raises(
+        Diverged, match=r"diverged in epoch 2 at step 3: train/loss = nan; .*last\.pt \(epoch 1\); try a lower optim.lr"
+    ):
         train(make_cfg(tmp_path, *SMALL, "epochs=3"))
     assert load_checkpoint(tmp_path)["epoch"] == 1
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path: Path) -> None:

@@ -52,6 +52,11 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
     from convlab.run.runner import train as run_training
     from convlab.run.schema import validate
 
+    if out_dir is not None and (not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir).strip()):
+        raise ConfigError(
+            f"out_dir={out_dir!r} is not a folder name; give one such as out_dir='runs/first', "
+            "or leave it out for outputs/DATE/TIME"
+        )
     args = _checked(overrides)
     cfg = compose("train", args, hydra=True)
     if cfg.hydra.mode == RunMode.MULTIRUN:  # hydra.mode=MULTIRUN, given or set by a config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -12,18 +13,36 @@ from omegaconf import DictConfig, OmegaConf
 
 from convlab.core.build import build, resolve_device
 from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.io import write_atomic
 from convlab.core.perf import Precision, resolve_precision
 from convlab.data.base import DataInfo
 from convlab.run.checkpoint import find_checkpoint, load_checkpoint
+from convlab.run.rundir import BEST, RunDir
 from convlab.run.schema import validate
 from convlab.run.stopping import EarlyStop
 from convlab.run.trainer import batches_on
 from convlab.tasks.base import Task, numbers_only
 
+log = logging.getLogger("convlab")
+
 
 def data_info(state: dict[str, Any]) -> DataInfo:
     """The data description a (checked) checkpoint holds: classes, channels, image size, normalisation."""
     return DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
+
+
+def _tested_weights(last: Path, state: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """An early-stopped run folder's tested weights: best.pt; last.pt, said in one line, when best.pt is gone."""
+    best = last.parent / BEST
+    if best.is_file():
+        return best, load_checkpoint(best)
+    run = RunDir(last.parent.parent)
+    if (run.read_summary().get("test_weights") or {}).get("which") == "best":  # it was there for the test pass
+        log.warning(
+            "%s was tested on its best weights, but %s is gone; using %s (epoch %d) instead",
+            run.path, best, last, state["epoch"],
+        )  # fmt: skip
+    return last, state  # (a run that never wrote best.pt was tested on last.pt too)
 
 
 def load_task(
@@ -40,15 +59,8 @@ def load_task(
         raise ConfigError("ckpt=PATH is required: a .pt file or a run directory")
     path = find_checkpoint(cfg.ckpt)
     state = load_checkpoint(path)
-    if (
-        Path(cfg.ckpt).is_dir()
-        and EarlyStop.of_checkpoint(state).verdict(state["history"])
-        and (path.parent / "best.pt").is_file()
-    ):
-        path = (
-            path.parent / "best.pt"
-        )  # the run stopped early and was tested on its best weights: a run folder means those
-        state = load_checkpoint(path)  # (without best.pt its test fell back to last.pt, and so does this)
+    if Path(cfg.ckpt).is_dir() and EarlyStop.of_checkpoint(state).verdict(state["history"]):
+        path, state = _tested_weights(path, state)
     saved = OmegaConf.create(state["config"])
     info = data_info(state)
     parts = {k: OmegaConf.to_container(saved[k]) for k in ("model", "optim", "sched")}
@@ -163,15 +175,13 @@ def sample_checkpoint(cfg: DictConfig) -> list[Path]:
     else:
         z = torch.randn(cfg.n, task.z_dim, generator=g)
     images = task.generate(z.to(device)).cpu()
-    try:
-        if to_folder:
-            out.mkdir(parents=True, exist_ok=True)
-            files = [out / f"sample_{i:04d}.png" for i in range(cfg.n)]
-            for image, file in zip(images, files, strict=True):  # one image per latent point, n of each
-                save_image(image, file)
-            return files
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, out, nrow=cfg.n if cfg.interpolate else math.ceil(math.sqrt(cfg.n)), padding=2)
-    except OSError as e:
-        raise ConvlabError(f"cannot write out={cfg.out} ({e.strerror or e})") from None
+    # Every image through write_atomic, as every command writes its outputs: a link at `out` is replaced,
+    # never written through, and a full disk is one line.
+    if to_folder:
+        files = [out / f"sample_{i:04d}.png" for i in range(cfg.n)]
+        for image, file in zip(images, files, strict=True):  # one image per latent point, n of each
+            write_atomic(file, lambda tmp, image=image: save_image(image, tmp, format="png"))
+        return files
+    nrow = cfg.n if cfg.interpolate else math.ceil(math.sqrt(cfg.n))
+    write_atomic(out, lambda tmp: save_image(images, tmp, format="png", nrow=nrow, padding=2))
     return [out]

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from convlab.app.runs import RunRecord, find_runs, task_classes
-from convlab.app.tables import table, to_markdown
+from convlab.app.tables import md_code, md_text, table, to_markdown
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.core.io import write_atomic
 from convlab.core.plots import confusion_figure
@@ -130,15 +130,15 @@ def _last_grid(run: RunRecord) -> Path | None:
 def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
     """report.md and the figures in `out`, each written atomically (a symbolic link replaced, not written through)."""
     md = [
-        f"# convlab report\n\n{len(runs)} runs from {', '.join(f'`{p}`' for p in paths)}\n",
+        f"# convlab report\n\n{len(runs)} runs from {', '.join(md_code(p) for p in paths)}\n",
         to_markdown(table(runs)),
         "",
     ]
     md += ["## Runs (labels in the figures)\n"]
     for r in runs:
         detail = r.problem or r.summary.get("error")
-        note = "ok" if r.status == "ok" else f"**{r.status}**" + (f": {detail}" if detail else "")
-        md.append(f"- `{r.label}`: {note} (`{r.path}`)")
+        note = "ok" if r.status == "ok" else f"**{md_text(r.status)}**" + (f": {md_text(detail)}" if detail else "")
+        md.append(f"- {md_code(r.label)}: {note} ({md_code(r.path)})")
     md.append("")
 
     def figure(name: str, fig: Figure, caption: str) -> None:
@@ -189,7 +189,7 @@ def _test_figures(
         for i, (r, png) in enumerate(fields):
             if png:
                 write_atomic(out / f"field_{i}.png", lambda tmp, png=png: shutil.copyfile(png, tmp))
-                md.append(f"| `{r.label}` | {r.value(f'test/{key}'):.3f} | ![field](field_{i}.png) |")
+                md.append(f"| {md_code(r.label)} | {r.value(f'test/{key}'):.3f} | ![field](field_{i}.png) |")
         md.append("")
     best = max(
         (r for r in tested if r.summary["test"].get("confusion")), key=lambda r: r.value(f"test/{key}"), default=None
@@ -201,7 +201,7 @@ def _test_figures(
         figure(
             "confusion.png",
             confusion_figure(torch.tensor(best.summary["test"]["confusion"]), names),
-            f"Confusion matrix of the best run ({best.label})",
+            f"Confusion matrix of the best run ({md_text(best.label)})",
         )
 
 
@@ -211,4 +211,5 @@ def _samples(runs: list[RunRecord], md: list[str], out: Path) -> None:
         grid = _last_grid(r)
         if grid:
             write_atomic(out / f"samples_{i}.png", lambda tmp, grid=grid: shutil.copyfile(grid, tmp))
-            md.append(f"### Last samples: {r.label} ({grid.stem.replace('_', ' ')})\n\n![samples](samples_{i}.png)\n")
+            title = f"Last samples: {md_text(r.label)} ({grid.stem.replace('_', ' ')})"
+            md.append(f"### {title}\n\n![samples](samples_{i}.png)\n")

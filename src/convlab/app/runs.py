@@ -26,7 +26,7 @@ import yaml
 from convlab.core.errors import ConvlabError
 from convlab.run import rundir
 
-STATUSES = ("ok", "failed", "interrupted", "running", "stopped")
+STATUSES = ("ok", "failed", "diverged", "interrupted", "running", "stopped")
 SUMMARY, METRICS, OVERRIDES, CONFIG = "summary.json", "metrics.csv", ".hydra/overrides.yaml", ".hydra/config.yaml"
 # A run writes kilobytes; a larger file is not one of its own (and YAML parsing is slow).
 MAX_BYTES = {SUMMARY: 16 << 20, METRICS: 64 << 20, OVERRIDES: 1 << 20, CONFIG: 1 << 20}
@@ -51,7 +51,7 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """ok, failed, interrupted, running, stopped, missing (no summary.json yet) or broken (see `problem`)."""
+        """One of STATUSES, missing (no summary.json yet) or broken (see `problem`)."""
         return "broken" if self.problem else self.summary.get("status", "missing")
 
     def value(self, key: str) -> float | None:

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 from typing import Any
 
 from convlab.app.runs import RunRecord, differing_keys, task_classes
+
+# What in a value could end a table cell, open a link or image, a code span or emphasis (HTML is escaped apart).
+_MARKDOWN = re.compile(r"([\\`*\[\]|~])")
+
+
+def md_text(value: Any) -> str:
+    """Text a run folder supplied, safe in Markdown and HTML: one line, tags and Markdown syntax escaped."""
+    text = " ".join(str(value).split())  # a newline would end a table row or start a heading
+    return html.escape(_MARKDOWN.sub(r"\\\1", text), quote=False)
+
+
+def md_code(value: Any) -> str:
+    """`value` as an inline code span: one line, no backtick to end it early, no HTML."""
+    text = " ".join(str(value).split()).replace("`", "'").replace("|", "\\|")  # a | ends a table cell even here
+    return "`" + html.escape(text, quote=False) + "`"
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -22,9 +38,9 @@ def status_text(r: RunRecord) -> str:
     """The status with the first line of its error, or the reason a broken run is broken."""
     if r.status == "broken":
         return f"broken: {r.problem}"
-    if r.status == "failed":
+    if r.status in ("failed", "diverged"):
         lines = (r.summary.get("error") or "").strip().splitlines()
-        return f"failed: {lines[0] if lines else ''}"
+        return f"{r.status}: {lines[0] if lines else ''}"
     return r.status
 
 
@@ -58,9 +74,8 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "(no runs)"
     cols = list(rows[0])
-    escape = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(escape(row[c]) for c in cols) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(md_text, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(md_text(row[c]) for c in cols) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -142,7 +142,8 @@ RAMP = (
 
 def field_image(field: torch.Tensor, scale: int = 8) -> torch.Tensor:
     """A field (H, W) in [0, 1] as an RGB picture (3, H·scale, W·scale) in [0, 1]: dark = unseen, bright = strongest."""
-    pos = field.detach().float().cpu().clamp(0, 1) * (len(RAMP) - 1)
+    # NaN (weights of a diverged run) draws as unseen rather than indexing the ramp with garbage
+    pos = field.detach().float().cpu().nan_to_num(0.0).clamp(0, 1) * (len(RAMP) - 1)
     low = pos.floor().long().clamp(max=len(RAMP) - 2)
     rgb = torch.lerp(RAMP[low], RAMP[low + 1], (pos - low)[..., None])  # (H, W, 3)
     return rgb.permute(2, 0, 1).repeat_interleave(scale, 1).repeat_interleave(scale, 2)
@@ -150,7 +151,9 @@ def field_image(field: torch.Tensor, scale: int = 8) -> torch.Tensor:
 
 def field_extent(field: torch.Tensor) -> dict[str, Any]:
     """The bounding box of the pixels the field reaches, and how many inside it it misses (gridding holes)."""
-    rows, cols = (field > 1e-6).nonzero(as_tuple=True)
+    rows, cols = (field > 1e-6).nonzero(as_tuple=True)  # NaN compares false: a diverged run's field reaches nothing
+    if not len(rows):
+        return {"size": [0, 0], "holes": 0}
     box = field[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return {"size": [int(box.shape[0]), int(box.shape[1])], "holes": int((box <= 1e-6).sum())}
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from convlab.core import interrupts
 from convlab.core.build import build, resolve_device, to_dict
-from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.errors import ConfigError, ConvlabError, Diverged
 from convlab.core.perf import Precision, keep_freed_memory, resolve_speed_settings
 from convlab.run import distributed, resume
 from convlab.run.prepare import Prepared, prepare_config
@@ -218,7 +218,9 @@ def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
     try:
         return _fit(run, summary, started)
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = (
+            "interrupted" if isinstance(e, KeyboardInterrupt) else "diverged" if isinstance(e, Diverged) else "failed"
+        )
         ended = {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch}
         if RunDir(Path(cfg.out_dir)).last.is_file():
             ended["resume"] = resume_command(cfg.out_dir)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from convlab.core import interrupts
 from convlab.core.build import to_dict
-from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.errors import ConfigError, ConvlabError, Diverged
 from convlab.core.io import copy_atomic
 from convlab.run.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convlab.run.distributed import all_reduce, gather
@@ -166,6 +166,7 @@ class Trainer:
                 images = val.pop("images", {})
                 row |= _prefixed("val", val)
             row |= perf
+            self._check_finite(row)  # before the checkpoint: last.pt keeps the last good weights
             self.elapsed += time.perf_counter() - started
             # The epoch's events and its checkpoint are written whole: a resume purges the step curves
             # after the checkpoint (RunLogger's purge_step), and no Ctrl-C may leave an epoch's row without it.
@@ -295,13 +296,7 @@ class Trainer:
         out = {k: (flat[i], flat[len(keys) + i]) for i, k in enumerate(keys)}
         if bad:
             values = ", ".join(f"train/{k} = {s / c}" for k, (s, c) in out.items() if not math.isfinite(s / c))
-            last = self.run_dir.last
-            kept = (
-                f"the last good checkpoint is {last} (epoch {self.epoch})"
-                if self.epoch
-                else "no checkpoint was written yet"
-            )
-            raise ConvlabError(f"training diverged in epoch {epoch} at step {int(bad)}: {values}; {kept}")
+            raise self._diverged(f"epoch {epoch} at step {int(bad)}: {values}")
         return out
 
     def _log_step(
@@ -314,6 +309,19 @@ class Trainer:
             if c > c0:  # a value reported on some steps only (a GAN's G loss, every d_steps) may have none since
                 values[f"train/{key}"] = (s - s0) / (c - c0)
         self.logger.log_steps((epoch - 1) * self.steps_per_epoch + step, values | self.task.scalars())
+
+    def _check_finite(self, row: dict[str, Any]) -> None:
+        """A non-finite train or validation value ends the run as diverged, naming the epoch and the value."""
+        bad = [f"{k} = {v}" for k, v in row.items() if k.startswith(("train/", "val/")) and not math.isfinite(v)]
+        if bad:
+            raise self._diverged(f"epoch {row['epoch']}: {', '.join(bad)}")
+
+    def _diverged(self, where: str) -> Diverged:
+        """The one line a divergence ends with: where, the value, the checkpoint kept, and what to try."""
+        last = self.run_dir.last
+        kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if self.epoch else "no checkpoint was written"
+        rates = ", ".join(f"{k} {v:.3g}" for k, v in self.task.scalars().items() if k.startswith("lr"))
+        return Diverged(f"training diverged in {where}; {kept}; try a lower optim.lr (it was {rates or 'as set'})")
 
     def _improved(self, row: dict[str, Any]) -> bool:
         value = row.get(self.best["metric"])
