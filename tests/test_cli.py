@@ -50,7 +50,7 @@ BAD_CLI = [
     (["train", "model=nope"], "model=nope", "plain_cnn"),  # caught before Hydra starts
     (["train", "-m", "model=hdc,nope"], "model=nope", "resnet18"),
     (["train", "data=imagenet"], "data=imagenet", "synthetic"),
-    (["train", "epoch=3"], "'epoch'", "+epoch=3"),
+    (["train", "epoch=3"], "epoch is not a key", "did you mean epochs?"),  # not Hydra's advice to append it
     (["train", "epochs=abc", "data=synthetic"], "epochs='abc'", "integer"),  # caught inside the job
     (["eval", "ckpt=pyproject.toml"], "pyproject.toml", "not a PyTorch checkpoint"),
     (["sample", "ckpt=/nonexistent"], "/nonexistent", "run directory"),

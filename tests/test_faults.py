@@ -13,7 +13,7 @@ import torch
 from convlab.core.errors import Terminated
 from convlab.run.checkpoint import load_checkpoint
 from convlab.run.runner import train
-from tests.conftest import SMALL, TINY, make_cfg, run_cli
+from tests.conftest import SMALL, TINY, make_cfg, one_error_line, run_cli
 
 FAST = (*SMALL, "model.channels=[8,8,8]", "epochs=3", "trainer.precision=fp32")
 
@@ -135,3 +135,26 @@ def test_load_says_when_the_tested_best_weights_are_gone(tmp_path: Path, caplog:
     assert loaded.checkpoint.name == "last.pt" and loaded.epoch == 2
     said = [r.getMessage() for r in caplog.records if "best.pt" in r.getMessage()]
     assert len(said) == 1 and "last.pt" in said[0] and "epoch 2" in said[0], caplog.text
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("+trainer.epohcs=3", "trainer.epohcs is not a key of convlab's trainer config; did you mean epochs?"),
+        ("trainer.epohcs=3", "trainer.epohcs is not a key of convlab's trainer config; did you mean epochs?"),
+        ("+trainer.log_evry=3", "did you mean trainer.log_every?"),
+        ("+model.widht=8", "model.widht is not a key of convlab's model config"),
+        ("+foo=1", "foo is not a key of convlab's top-level config"),
+    ],
+)
+def test_a_key_added_inside_convlabs_own_config_is_refused(override: str, said: str, tmp_path: Path) -> None:
+    line = one_error_line(run_cli("train", *TINY, override, f"hydra.run.dir={tmp_path / 'run'}"))
+    assert said in line and "+trainer" not in line.replace(override, "")  # no advice to append it with +
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_users_own_task_may_take_settings_of_its_own() -> None:
+    from convlab.run.compose import compose
+
+    cfg = compose("train", ["task._target_=tests.toy_task.ToyTask", "+task.noise=0.1"])
+    assert cfg.task.noise == 0.1

@@ -118,7 +118,7 @@ def test_two_cli_runs_into_one_folder(tmp_path: Path) -> None:
             time.sleep(0.2)
         second = run_cli("train", *TINY, f"hydra.run.dir={out}")
         line = one_error_line(second)
-        assert "in use by another convlab process" in line or "already holds a run" in line
+        assert "in use by another convlab process (pid " in line and "resume=" not in line  # not told to resume it
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)

@@ -9,6 +9,7 @@ down to about three classes; shape and texture settle it. The same `seed` gives 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -16,6 +17,7 @@ from convlab.data.base import ImageDataset
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 TEXTURES = ("solid", "striped")
+IMAGE_SIZE, NOISE = 32, 0.12  # the defaults of `generate` and `Synthetic` (conf/data/synthetic.yaml sets its own)
 
 
 def _shape_masks(dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,9 @@ def _hue_to_rgb(h: torch.Tensor) -> torch.Tensor:
     return 1 - torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
-def generate(n: int, seed: int, image_size: int = 32, noise: float = 0.12) -> tuple[torch.Tensor, torch.Tensor]:
+def generate(
+    n: int, seed: int, image_size: int = IMAGE_SIZE, noise: float = NOISE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images (uint8, N×3×S×S) and labels (int64), fully determined by `seed`."""
     g = torch.Generator().manual_seed(seed)
     s = image_size
@@ -84,19 +88,14 @@ class Synthetic(ImageDataset):
         self,
         num_train: int = 5000,
         num_test: int = 1000,
-        image_size: int = 32,
+        image_size: int = IMAGE_SIZE,
         seed: int = 0,
-        noise: float = 0.12,
-        **kwargs,
+        noise: float = NOISE,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.num_train, self.num_test, self.image_size, self.seed, self.noise = (
-            num_train,
-            num_test,
-            image_size,
-            seed,
-            noise,
-        )
+        self.num_train, self.num_test = num_train, num_test
+        self.image_size, self.seed, self.noise = image_size, seed, noise
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generate the train and test images from two seeds derived from `seed`."""

@@ -2,11 +2,15 @@
 
 Every model gets its k×k convolutions from `create_conv2d` (timm's pattern): `model.conv` picks
 the kind (standard, separable, grouped, shift), `model.conv_impl` the implementation of the
-convolutions inside it (torch's or the hand-written im2col). A new kind is one class here and
-one entry in CONV_KINDS.
+convolutions inside it (torch's or the hand-written im2col). A new kind is one class here, built
+from a ConvSpec (the convolution create_conv2d was asked for), and one entry in CONV_KINDS.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,19 +76,35 @@ def conv_class(conv_impl: str) -> type[nn.Conv2d]:
     return CONV_IMPLS[conv_impl]
 
 
-def _standard(
-    in_ch: int,
-    out_ch: int,
-    kernel_size: int,
-    stride: int,
-    padding: int,
-    dilation: int,
-    bias: bool,
-    conv_impl: str,
-    groups: int,
-) -> nn.Module:
-    """nn.Conv2d (or the manual one): in_ch·out_ch·k² weights."""
-    return conv_class(conv_impl)(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=bias)
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolution as create_conv2d was asked for it; a convolution kind builds its layers from one."""
+
+    in_ch: int
+    out_ch: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    bias: bool = False
+    conv_impl: str = "torch"
+    groups: int = 1
+
+    def conv2d(self, **changes: Any) -> nn.Conv2d:
+        """This convolution as one nn.Conv2d (or the manual one), with `changes` to its fields."""
+        s = replace(self, **changes)
+        return conv_class(s.conv_impl)(
+            s.in_ch, s.out_ch, s.kernel_size, s.stride, s.padding, s.dilation, groups=s.groups, bias=s.bias
+        )
+
+    def pointwise(self) -> nn.Conv2d:
+        """The 1×1 convolution from in_ch to out_ch (stride 1, no groups) that ends the separable and shift kinds."""
+        return self.conv2d(kernel_size=1, stride=1, padding=0, dilation=1, groups=1)
+
+
+def _standard(spec: ConvSpec) -> nn.Module:
+    """nn.Conv2d (or the manual one): in_ch·out_ch·k² weights (`groups` is the grouped kind's)."""
+    return spec.conv2d(groups=1)
 
 
 class SeparableConv(nn.Sequential):
@@ -94,24 +114,12 @@ class SeparableConv(nn.Sequential):
     3×3: 576 + 4,096 = 4,672 against 36,864.
     """
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        dilation: int,
-        bias: bool,
-        conv_impl: str,
-        groups: int,
-    ) -> None:
-        conv = conv_class(conv_impl)
+    def __init__(self, spec: ConvSpec) -> None:
         super().__init__(
-            conv(in_ch, in_ch, kernel_size, stride, padding, dilation, groups=in_ch, bias=False),
-            nn.BatchNorm2d(in_ch),
+            spec.conv2d(out_ch=spec.in_ch, groups=spec.in_ch, bias=False),
+            nn.BatchNorm2d(spec.in_ch),
             nn.ReLU(inplace=True),
-            conv(in_ch, out_ch, 1, bias=bias),
+            spec.pointwise(),
         )
 
 
@@ -121,26 +129,11 @@ class GroupedConv(nn.Sequential):
     The shuffle interleaves the groups' outputs, so the next grouped convolution mixes information across groups.
     """
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        dilation: int,
-        bias: bool,
-        conv_impl: str,
-        groups: int,
-    ) -> None:
-        assert in_ch % groups == 0 and out_ch % groups == 0, (
-            f"a {in_ch} -> {out_ch} channel convolution does not split into {groups} groups"
+    def __init__(self, spec: ConvSpec) -> None:
+        assert spec.in_ch % spec.groups == 0 and spec.out_ch % spec.groups == 0, (
+            f"a {spec.in_ch} -> {spec.out_ch} channel convolution does not split into {spec.groups} groups"
         )
-        conv = conv_class(conv_impl)
-        super().__init__(
-            conv(in_ch, out_ch, kernel_size, stride, padding, dilation, groups=groups, bias=bias),
-            nn.ChannelShuffle(groups),
-        )
+        super().__init__(spec.conv2d(), nn.ChannelShuffle(spec.groups))
 
 
 class Shift(nn.Module):
@@ -180,24 +173,18 @@ class Shift(nn.Module):
 class ShiftConv(nn.Sequential):
     """A shift (no weights) then a pointwise 1×1 convolution: C_in·C_out weights in place of C_in·C_out·k²."""
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        dilation: int,
-        bias: bool,
-        conv_impl: str,
-        groups: int,
-    ) -> None:
+    def __init__(self, spec: ConvSpec) -> None:
         super().__init__(
-            Shift(in_ch, kernel_size, stride, padding, dilation), conv_class(conv_impl)(in_ch, out_ch, 1, bias=bias)
+            Shift(spec.in_ch, spec.kernel_size, spec.stride, spec.padding, spec.dilation), spec.pointwise()
         )
 
 
-CONV_KINDS = {"standard": _standard, "separable": SeparableConv, "grouped": GroupedConv, "shift": ShiftConv}
+CONV_KINDS: dict[str, Callable[[ConvSpec], nn.Module]] = {
+    "standard": _standard,
+    "separable": SeparableConv,
+    "grouped": GroupedConv,
+    "shift": ShiftConv,
+}
 
 
 def create_conv2d(
@@ -213,29 +200,19 @@ def create_conv2d(
     groups: int = 1,
 ) -> nn.Module:
     """A k×k convolution from in_ch to out_ch of kind `conv` (one of CONV_KINDS); 1×1 convolutions stay standard."""
-    kind = CONV_KINDS["standard" if kernel_size == 1 else conv]
-    return kind(in_ch, out_ch, kernel_size, stride, padding, dilation, bias, conv_impl, groups)
+    spec = ConvSpec(in_ch, out_ch, kernel_size, stride, padding, dilation, bias, conv_impl, groups)
+    return CONV_KINDS["standard" if kernel_size == 1 else conv](spec)
 
 
 class ConvBNAct(nn.Sequential):
     """Conv (of any kind) -> BatchNorm2d -> ReLU, the unit every classifier here is built from."""
 
     def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        padding: int = 0,
-        dilation: int = 1,
-        bias: bool = False,
-        conv_impl: str = "torch",
-        act: bool = True,
-        conv: str = "standard",
-        groups: int = 1,
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, *, act: bool = True, **settings: Any
     ) -> None:
+        """`settings`: create_conv2d's others (padding, dilation, bias, conv, conv_impl, groups), by name."""
         layers: list[nn.Module] = [
-            create_conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias, conv, conv_impl, groups),
+            create_conv2d(in_ch, out_ch, kernel_size, stride, **settings),
             nn.BatchNorm2d(out_ch),
         ]
         if act:

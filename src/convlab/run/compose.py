@@ -6,6 +6,7 @@ same things in the same one-line words.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from importlib import resources
@@ -30,7 +31,63 @@ def _group_options(group: str) -> list[str]:
 
 
 def compose(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
-    """`config_name` composed with `overrides`; a failure is one ConfigError line (naming a missing plugin's extra)."""
+    """`config_name` composed with `overrides`; a failure is one ConfigError line (naming a missing plugin's extra).
+
+    A key added with + inside convlab's own config (+trainer.epohcs=3) is refused like a misspelt one:
+    Hydra would add it, and nothing would ever read it.
+    """
+    cfg = _compose(config_name, overrides, hydra)
+    added = [_key(o) for o in overrides if o.startswith("+") and not o.startswith("++")]
+    added = [k for k in added if k not in GROUPS and not k.startswith("hydra") and "@" not in k and "/" not in k]
+    if added:
+        base = _compose(config_name, [o for o in overrides if _key(o) not in added])
+        for key in added:
+            refusal = _not_a_key(base, key)
+            if refusal:
+                raise ConfigError(refusal)
+    return cfg
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _not_a_key(cfg: DictConfig, key: str) -> str | None:
+    """Why `key` is not a key of convlab's own config (with the nearest one), or None where a user's class takes it."""
+    from convlab.run.trust import conf_targets
+
+    path, _, name = key.rpartition(".")
+    parent = OmegaConf.select(cfg, path) if path else cfg
+    if not isinstance(parent, DictConfig) or name in parent:
+        return None
+    node: object = cfg
+    for part in path.split(".") if path else []:  # a user's own class (not conf/'s) may take settings of its own
+        node = node.get(part) if isinstance(node, DictConfig) else None
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if isinstance(target, str) and not any(target in group for group in conf_targets().values()):
+            return None
+    keys = [str(k) for k in parent.keys() if not str(k).startswith("_") and str(k) != "hydra"]
+    near = {f"{path}.{k}" if path else k: k for k in keys} | {p: p.rpartition(".")[2] for p in _paths(cfg)}
+    close = difflib.get_close_matches(name, list(dict.fromkeys(near.values())), n=1)  # the leaf names, siblings first
+    hint = f"did you mean {next(p for p, leaf in near.items() if leaf == close[0])}? " if close else ""
+    return f"{key} is not a key of convlab's {path or 'top-level'} config; {hint}(its keys: {', '.join(keys)})"
+
+
+def _paths(node: object, prefix: str = "") -> list[str]:
+    """Every key path of a config, "trainer.early_stop.patience" style (`_target_` and friends left out)."""
+    if not isinstance(node, DictConfig):
+        return []
+    out = []
+    for k in node.keys():
+        if str(k).startswith("_"):
+            continue
+        path = f"{prefix}{k}"
+        out += [path, *_paths(node.get(k), f"{path}.")] if not OmegaConf.is_interpolation(node, str(k)) else [path]
+    return out
+
+
+def _compose(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """Hydra's compose of `config_name`, with its failures as one ConfigError line."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.singleton import Singleton
@@ -54,6 +111,12 @@ def compose(config_name: str, overrides: list[str], hydra: bool = False) -> Dict
                 f"{asked} needs Hydra's {plugin} plugin, which is not installed: "
                 f'pip install -e ".[{PLUGIN_EXTRAS[plugin]}]"'
             ) from None
+        unknown = re.match(r"Could not override '([^']+)'", text)
+        if unknown:  # Hydra's advice (append it with +) would add a key that nothing reads
+            key = unknown.group(1)
+            refusal = _not_a_key(_compose(config_name, [o for o in overrides if _key(o) != key], hydra), key)
+            if refusal:
+                raise ConfigError(refusal) from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:2])) from None
     finally:

@@ -258,6 +258,8 @@ def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
         lock(folder)
     if taken():
         unlock(folder)
+        if is_locked(folder):  # its run is still going: the lock's own words (which process), not "resume it"
+            lock(folder)
         if LOCK_NAME not in before:
             (folder / LOCK_NAME).unlink(missing_ok=True)
         what = "a sweep" if sweep else "a run"

@@ -33,16 +33,19 @@ def cosine(
     return LambdaLR(optimizer, factor)
 
 
+ONE_CYCLE = {"pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e4}  # OneCycleLR settings and their defaults
+
+
 def onecycle(
-    optimizer: Optimizer,
-    total_steps: int,
-    steps_per_epoch: int,
-    max_lr_factor: float = 1.0,
-    pct_start: float = 0.25,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
+    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, max_lr_factor: float = 1.0, **cycle: float
 ) -> LRScheduler:
-    """Smith's one-cycle policy peaking at `max_lr_factor` × the optimizer's lr."""
+    """Smith's one-cycle policy peaking at `max_lr_factor` × the optimizer's lr; `cycle` overrides ONE_CYCLE."""
+    if unknown := sorted(set(cycle) - set(ONE_CYCLE)):
+        raise ConfigError(
+            f"sched=onecycle does not take {', '.join(unknown)}; its settings are max_lr_factor, {', '.join(ONE_CYCLE)}"
+        )
+    cycle = ONE_CYCLE | cycle
+    pct_start = cycle["pct_start"]
     needed = math.ceil(2 / min(pct_start, 1 - pct_start))  # OneCycleLR divides by each phase's length
     if total_steps < needed:
         raise ConfigError(
@@ -50,14 +53,7 @@ def onecycle(
             f"this run has {total_steps} (epochs × batches): train longer or use sched=cosine"
         )
     max_lr = [g["lr"] * max_lr_factor for g in optimizer.param_groups]
-    return OneCycleLR(
-        optimizer,
-        max_lr,
-        total_steps=total_steps,
-        pct_start=pct_start,
-        div_factor=div_factor,
-        final_div_factor=final_div_factor,
-    )
+    return OneCycleLR(optimizer, max_lr, total_steps=total_steps, **cycle)
 
 
 def step(
