@@ -158,3 +158,30 @@ def test_a_users_own_task_may_take_settings_of_its_own() -> None:
 
     cfg = compose("train", ["task._target_=tests.toy_task.ToyTask", "+task.noise=0.1"])
     assert cfg.task.noise == 0.1
+
+
+def test_a_checkpoints_own_data_paths_choose_no_reads_writes_or_downloads(tmp_path: Path, cifar_root: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run = tmp_path / "run"
+    train(make_cfg(run, *FAST, "epochs=1"))
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    elsewhere = tmp_path / "some" / "where" / "deep"
+    state["config"]["data"] = state["config"]["data"] | {
+        "name": "cifar10", "_target_": "convlab.data.cifar10.CIFAR10", "root": str(elsewhere), "download": True,
+        "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
+    }  # fmt: skip
+    for key in ("num_train", "num_test", "noise", "seed", "image_size"):
+        state["config"]["data"].pop(key, None)
+    torch.save(state, path)
+    env = {**os.environ, "CONVLAB_DATA": str(cifar_root)}  # convlab's own default folder, as a user sets it
+    for args in (["eval", f"ckpt={run}"], ["inspect", f"ckpt={run}", f"out={tmp_path / 'inspect'}"]):
+        cmd = [sys.executable, "-m", "convlab", *args, "device=cpu"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert f"data: cifar10 read from {cifar_root} (" in proc.stderr and "data.root" in proc.stderr  # said, and how
+    assert not (tmp_path / "some").exists()  # neither created nor downloaded into

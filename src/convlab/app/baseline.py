@@ -25,7 +25,10 @@ import importlib
 import json
 import math
 import os
+import re
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +40,101 @@ from torchvision import transforms as T
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 PLAIN_CNN = {"_target_": "convlab.models.plain_cnn.PlainCNN", "channels": [32, 64, 128]}
+FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+MAX_SEED = 2**32 - 1  # as convlab's seed
+Refused = argparse.ArgumentTypeError  # argparse prints it as "argument --NAME: MESSAGE" and exits with code 2
+
+
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `minimum` (to `maximum`, if given)."""
+    allowed = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+
+    def parse(text: str) -> int:
+        value = int(text) if re.fullmatch(r"\s*[-+]?\d+\s*", text) else None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            raise Refused(f"{text!r} is not allowed; expected {allowed}")
+        return value
+
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = float(text) if re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", text) else 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise Refused(f"{text!r} is not allowed; expected a finite number > 0, such as 0.05")
+    return value
+
+
+def bench_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: STEPS,WARMUP,REPEATS, three integers (STEPS and REPEATS >= 1, WARMUP >= 0)."""
+    counts = tuple(int(v) for v in text.split(",")) if re.fullmatch(r"\d+,\d+,\d+", text) else (0, 0, 0)
+    if min(counts[0], counts[2]) < 1:
+        raise Refused(f"{text!r} is not allowed; expected STEPS,WARMUP,REPEATS: integers >= 0, STEPS and REPEATS >= 1")
+    return counts
+
+
+def device(text: str) -> str:
+    """An argparse type: cpu, cuda, cuda:N or mps, present on this machine."""
+    if not DEVICE.fullmatch(text):
+        raise Refused(f"{text!r} is not a device; expected cpu, cuda, cuda:N or mps")
+    n, index = torch.cuda.device_count(), torch.device(text).index or 0
+    if text.startswith("cuda") and index >= n:
+        there = f"{n} CUDA device(s), cuda:0 to cuda:{n - 1}" if n else "no CUDA device; use cpu"
+        raise Refused(f"{text!r} is not on this machine, which has {there}")
+    if text == "mps" and not torch.backends.mps.is_available():
+        raise Refused(f"{text!r} is not available on this machine; use cpu")
+    return text
+
+
+def data_path(text: str) -> str:
+    """An argparse type: an .npz file, or a folder holding cifar-10-batches-py/ (or that folder); returns its parent."""
+    path = Path(text)
+    if text.endswith(".npz") and path.is_file():
+        return text
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise Refused(f"{text!r} {what}; expected a folder holding {FOLDER}/ (or, with --bench, an .npz file)")
+    folder = path if path.name == FOLDER else path / FOLDER
+    if missing := [name for name in CIFAR_FILES if not (folder / name).is_file()]:
+        raise Refused(f"{text!r} holds no complete {FOLDER}/ (missing {', '.join(missing)}); expected a folder with it")
+    return str(folder.parent)
+
+
+def model_spec(text: str) -> dict:
+    """An argparse type: a convlab model config, a JSON object whose "_target_" is a class in convlab.models."""
+    example = f"expected a JSON object such as '{json.dumps(PLAIN_CNN)}'"
+    try:
+        spec = json.loads(text)
+    except ValueError as e:
+        raise Refused(f"{text!r} is not JSON ({e}); {example}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
+        raise Refused(f'{text!r} is not a JSON object with a "_target_" string; {example}')
+    module, _, name = spec["_target_"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name) if module.startswith("convlab.models.") else None
+    except (ImportError, AttributeError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise Refused(f'"_target_" {spec["_target_"]!r} is not a model class in convlab.models; {example}')
+    return spec
+
+
+def out_file(text: str) -> str:
+    """An argparse type: a file path in an existing, writable folder."""
+    path = Path(text)
+    if not text or path.is_dir():
+        raise Refused(f"{text!r} is a folder; expected a file path for the weights, such as baseline.pt")
+    if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+        raise Refused(f"{text!r}: its folder {str(path.parent)!r} does not exist or is not writable")
+    return text
+
+
+def reason(e: Exception) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
 class CIFAR10(torchvision.datasets.CIFAR10):
@@ -62,11 +160,9 @@ class ArrayImages(Dataset):
 
 
 def make_model(spec: dict, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
-    """The network from a convlab model config: {"_target_": "convlab.models.X.Y", **its settings}."""
+    """The network from a convlab model config (model_spec checked it): {"_target_": "convlab.models.X.Y", ...}."""
     spec = {k: v for k, v in spec.items() if k != "name"}
     module, _, name = spec.pop("_target_").rpartition(".")
-    if not module.startswith("convlab.models."):
-        raise SystemExit(f"--model: {module}.{name} is not a convlab model class")
     return getattr(importlib.import_module(module), name)(
         num_classes=num_classes, in_channels=in_channels, image_size=image_size, **spec
     )
@@ -76,6 +172,12 @@ def array_loader(path: str, batch_size: int, workers: int, pin: bool) -> tuple[D
     """The augmented train loader of an .npz (see the module docstring), and (classes, channels, size)."""
     with np.load(path) as f:
         images, labels, mean, std = f["images"], f["labels"], f["mean"].tolist(), f["std"].tolist()
+    if images.dtype != np.uint8 or images.ndim != 4 or not len(images) or images.shape[2] != images.shape[3]:
+        raise ValueError(f"images of dtype {images.dtype} and shape {images.shape}; expected uint8 (N, C, H, H)")
+    if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu" or labels.min() < 0:
+        raise ValueError(f"labels of dtype {labels.dtype} and shape {labels.shape}; expected N integers >= 0")
+    if not (len(mean) == len(std) == images.shape[1] and min(std) > 0):
+        raise ValueError(f"mean {mean} and std {std}; expected one each per channel, std > 0")
     tf = T.Compose(
         [T.RandomCrop(images.shape[-1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
     )
@@ -132,37 +234,59 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
     return loss / n, correct / n
 
 
-def main() -> None:
-    """Parse the arguments, train and test (or only time training steps with --bench)."""
+def parser() -> argparse.ArgumentParser:
+    """The command line; every value is checked as it is read (a bad one ends in one line and exit code 2)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
-    p.add_argument("--model", default=json.dumps(PLAIN_CNN), help="a convlab model config as JSON")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", required=True, type=data_path, help=f"folder holding {FOLDER}/ (or an .npz, with --bench)")
+    p.add_argument("--model", type=model_spec, default=json.dumps(PLAIN_CNN), help="a convlab model config as JSON")
+    p.add_argument("--epochs", type=integer(1), default=3)
+    p.add_argument("--batch-size", type=integer(1), default=128)
+    p.add_argument("--lr", type=positive_number, default=0.05)
+    p.add_argument("--workers", type=integer(0), default=os.cpu_count())
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0)
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (fp16 with loss scaling)"
     )
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--limit-train-batches", type=int, default=None)
-    p.add_argument("--out", default="baseline.pt", help="where the trained weights go")
-    p.add_argument("--bench", default=None, help="STEPS,WARMUP,REPEATS: print training images/s as JSON and stop")
+    p.add_argument("--limit-train-batches", type=integer(1), default=None)
+    p.add_argument("--out", type=out_file, default="baseline.pt", help="where the trained weights go")
+    p.add_argument(
+        "--bench",
+        type=bench_counts,
+        default=None,
+        help="STEPS,WARMUP,REPEATS: print training images/s as JSON and stop",
+    )
+    return p
+
+
+def main() -> None:
+    """Parse the arguments, train and test (or only time training steps with --bench)."""
+    p = parser()
     args = p.parse_args()
+    if args.data.endswith(".npz") and not args.bench:
+        p.error(f"argument --data: {args.data!r} is read only with --bench; to train, give a folder holding {FOLDER}/")
 
     torch.manual_seed(args.seed)
     pin = args.device.startswith("cuda")
-    if args.data.endswith(".npz"):
-        train_loader, shape = array_loader(args.data, args.batch_size, args.workers, pin)
-    else:
-        (train_loader, val_loader, test_loader), shape = (
-            loaders(args.data, args.batch_size, args.workers, args.seed, pin),
-            (10, 3, 32),
-        )
+    try:
+        if args.data.endswith(".npz"):
+            train_loader, shape = array_loader(args.data, args.batch_size, args.workers, pin)
+        else:
+            (train_loader, val_loader, test_loader), shape = (
+                loaders(args.data, args.batch_size, args.workers, args.seed, pin),
+                (10, 3, 32),
+            )
+    except Exception as e:  # a damaged batch file or .npz
+        p.error(f"argument --data: cannot read {args.data!r}: {reason(e)}")
+    if not len(train_loader):
+        n = len(train_loader.dataset)
+        p.error(f"argument --batch-size: {args.batch_size} is more than the {n} training images; expected at most {n}")
     device, fmt = torch.device(args.device), torch.channels_last if args.channels_last else torch.contiguous_format
-    model = make_model(json.loads(args.model), *shape).to(device, memory_format=fmt)
+    try:
+        model = make_model(args.model, *shape).to(device, memory_format=fmt)
+    except Exception as e:  # settings the model class refuses
+        p.error(f"argument --model: {args.model['_target_']} cannot be built from {json.dumps(args.model)}: {reason(e)}")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -181,7 +305,7 @@ def main() -> None:
         sched.step()
 
     if args.bench:
-        timed, warmup, repeats = (int(v) for v in args.bench.split(","))
+        timed, warmup, repeats = args.bench
         model.train()
         batches, rates = iter(()), []
         for _ in range(repeats):

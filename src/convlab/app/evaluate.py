@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import logging
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from convlab.core.build import build, resolve_device
 from convlab.core.errors import ConfigError, ConvlabError
@@ -29,6 +30,32 @@ log = logging.getLogger("convlab")
 def data_info(state: dict[str, Any]) -> DataInfo:
     """The data description a (checked) checkpoint holds: classes, channels, image size, normalisation."""
     return DataInfo(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in state["data_info"].items()})
+
+
+# Where a dataset's files are read from, cached or downloaded to: this machine's business, never a checkpoint's.
+PATH_KEYS = ("root", "cache_dir", "download")
+
+
+def _conf_paths(target: str) -> dict[str, Any]:
+    """convlab's own defaults of PATH_KEYS for the dataset class `target` (conf/data/), {} for a user's own class."""
+    for file in (resources.files("convlab.conf") / "data").iterdir():
+        node = OmegaConf.create(file.read_text()) if file.name.endswith(".yaml") else None
+        if node is not None and node.get("_target_") == target:
+            return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k in PATH_KEYS}
+    return {}
+
+
+def local_data(saved: DictConfig, root: str | None) -> DictConfig:
+    """A checkpoint's data config with its file locations from the command line (data.root) or convlab's defaults."""
+    data = saved.copy()
+    with open_dict(data):
+        for key in PATH_KEYS:
+            data.pop(key, None)
+        data.update(_conf_paths(str(saved.get("_target_"))) | ({"root": root} if root is not None else {}))
+    if data.get("root") is not None:
+        how = "data.root" if root is not None else "convlab's default; data.root=DIR reads another folder"
+        log.info("data: %s read from %s (%s)", data.get("name"), data.root, how)
+    return data
 
 
 def _tested_weights(last: Path, state: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
@@ -80,9 +107,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     kind, why = resolve_precision(cfg.precision, device)
     task, saved, state, path = load_task(cfg, device, Precision(kind, device, why))
+    saved.data = local_data(saved.data, cfg.data.root)
     saved.data.split = cfg.data.split
-    if cfg.data.root is not None:
-        saved.data.root = cfg.data.root
     data = build(saved.data, "data")
     loaders = data.loaders(cfg.batch_size, device)
     task.attach(loaders)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from convlab.app.evaluate import load_task
+from convlab.app.evaluate import load_task, local_data
 from convlab.core.build import build, resolve_device
 from convlab.core.errors import ConvlabError
 from convlab.core.io import write_atomic
@@ -68,8 +68,10 @@ def inspect_model(cfg: DictConfig) -> tuple[dict[str, Any], str]:
             raise ConvlabError(
                 f"checkpoint {path} holds a {saved.model.get('name')} {task.kind}; convlab inspect reads classifiers"
             )
-        # the data (and data.root) it was trained on
-        model, model_cfg, data_cfg = task.models[task.main_model], saved.model, saved.data
+        model, model_cfg = task.models[task.main_model], saved.model
+        # its dataset, read from this machine's folder: data.root when the command names that dataset
+        same = cfg.data.get("_target_") == saved.data.get("_target_")
+        data_cfg = local_data(saved.data, cfg.data.get("root") if same else None)
         weights = f"trained: {path}, epoch {state['epoch']}"
     else:
         model_cfg, data_cfg, weights = cfg.model, cfg.data, f"initial weights (seed {cfg.seed})"
