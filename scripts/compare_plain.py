@@ -21,6 +21,9 @@ import threading
 import time
 from pathlib import Path
 
+from convlab.app.baseline import FOLDER, cifar_folder, integer
+from convlab.run.rundir import hydra_quote
+
 
 def tree_pss_kb(pid: int) -> int:
     """Summed PSS (kB) of a process and its descendants, read from /proc (0 for processes already gone)."""
@@ -38,8 +41,8 @@ def tree_pss_kb(pid: int) -> int:
     return total
 
 
-def measure(cmd: list[str]) -> dict[str, float]:
-    """Wall time (s), main-process peak RSS and process-tree peak PSS (MiB) of one command."""
+def measure(name: str, cmd: list[str]) -> dict[str, float]:
+    """Wall time (s), main-process peak RSS and process-tree peak PSS (MiB) of one command (the `name` run)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak, done = [0], threading.Event()
@@ -56,18 +59,19 @@ def measure(cmd: list[str]) -> dict[str, float]:
     sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+        last = (proc.stderr.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"compare_plain.py: the {name} run failed with exit code {proc.returncode}: {last}")
     return {"wall_s": wall, "rss_mib": usage.ru_maxrss / 1024, "pss_mib": peak[0] / 1024}
 
 
 def main() -> None:
     """Run the pairs and print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
-    p.add_argument("--model", default="plain_cnn", help="plain_cnn (the plain script's default model)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--steps", type=int, default=None, help="train only the first N batches of each epoch")
-    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--data", required=True, type=cifar_folder, help=f"folder holding {FOLDER}/")
+    p.add_argument("--model", choices=("plain_cnn",), default="plain_cnn", help="the plain script's model")
+    p.add_argument("--epochs", type=integer(1), default=3)
+    p.add_argument("--steps", type=integer(1), help="train only the first N batches of each epoch")
+    p.add_argument("--pairs", type=integer(1), default=5)
     args = p.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,13 +80,13 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {"convlab": [], "plain": []}
         for i in range(args.pairs):
             cmds = {
-                "convlab": [py, "-m", "convlab", "train", f"model={args.model}", f"data.root={args.data}",
-                            f"epochs={args.epochs}", *limit_c, f"hydra.run.dir={tmp}/c{i}"],
+                "convlab": [py, "-m", "convlab", "train", f"model={args.model}", f"data.root={hydra_quote(args.data)}",
+                            f"epochs={args.epochs}", *limit_c, f"hydra.run.dir={hydra_quote(f'{tmp}/c{i}')}"],
                 "plain": [py, "-m", "convlab.app.baseline", "--data", args.data, "--epochs", str(args.epochs),
                           *limit_p, "--out", f"{tmp}/p{i}.pt"],
             }  # fmt: skip
             for name in ("convlab", "plain") if i % 2 == 0 else ("plain", "convlab"):
-                runs[name].append(measure(cmds[name]))
+                runs[name].append(measure(name, cmds[name]))
                 print(
                     f"pair {i + 1} {name:8} " + "  ".join(f"{k} {v:.2f}" for k, v in runs[name][-1].items()),
                     file=sys.stderr,

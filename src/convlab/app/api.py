@@ -71,8 +71,7 @@ def train(*overrides: str, out_dir: str | os.PathLike | None = None, quiet: bool
     )
     with open_dict(cfg):  # validated here, before prepare() claims anything
         checked = cfg.copy()
-        checked.pop("hydra")
-        checked.out_dir = "(the run folder)"
+        checked.out_dir = str(folder.absolute()) if folder is not None else "(the run folder)"
     validate(checked)
     given_dir = f", out_dir={str(out_dir)!r}" if out_dir is not None else ""
     command = f"convlab.train({', '.join(map(repr, overrides))}{given_dir})"

@@ -89,18 +89,26 @@ def device(text: str) -> str:
     return text
 
 
-def data_path(text: str) -> str:
-    """An argparse type: an .npz file, or a folder holding cifar-10-batches-py/ (or that folder); returns its parent."""
+def cifar_folder(text: str) -> str:
+    """An argparse type: a folder holding cifar-10-batches-py/ (or that folder); returns the folder holding it."""
     path = Path(text)
-    if text.endswith(".npz") and path.is_file():
-        return text
     if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise Refused(f"{text!r} {what}; expected a folder holding {FOLDER}/ (or, with --bench, an .npz file)")
+        raise Refused(
+            f"{text!r} {'is not a' if path.exists() else 'names no'} folder; expected a folder holding {FOLDER}/"
+        )
     folder = path if path.name == FOLDER else path / FOLDER
     if missing := [name for name in CIFAR_FILES if not (folder / name).is_file()]:
         raise Refused(f"{text!r} holds no complete {FOLDER}/ (missing {', '.join(missing)}); expected a folder with it")
     return str(folder.parent)
+
+
+def data_path(text: str) -> str:
+    """An argparse type: an .npz file (for --bench) or a CIFAR-10 folder (see cifar_folder)."""
+    if text.endswith(".npz") and not Path(text).is_dir():
+        if not Path(text).is_file():
+            raise Refused(f"{text!r} names no file; expected an .npz file or a folder holding {FOLDER}/")
+        return text
+    return cifar_folder(text)
 
 
 def model_spec(text: str) -> dict:
@@ -172,8 +180,9 @@ def array_loader(path: str, batch_size: int, workers: int, pin: bool) -> tuple[D
     """The augmented train loader of an .npz (see the module docstring), and (classes, channels, size)."""
     with np.load(path) as f:
         images, labels, mean, std = f["images"], f["labels"], f["mean"].tolist(), f["std"].tolist()
-    if images.dtype != np.uint8 or images.ndim != 4 or not len(images) or images.shape[2] != images.shape[3]:
-        raise ValueError(f"images of dtype {images.dtype} and shape {images.shape}; expected uint8 (N, C, H, H)")
+    n, c, h, w = images.shape if images.ndim == 4 else (0, 0, 0, 1)
+    if images.dtype != np.uint8 or not n or c not in (1, 3) or h != w:
+        raise ValueError(f"images of dtype {images.dtype} and shape {images.shape}; expected uint8 (N, 1 or 3, H, H)")
     if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu" or labels.min() < 0:
         raise ValueError(f"labels of dtype {labels.dtype} and shape {labels.shape}; expected N integers >= 0")
     if not (len(mean) == len(std) == images.shape[1] and min(std) > 0):
@@ -181,15 +190,8 @@ def array_loader(path: str, batch_size: int, workers: int, pin: bool) -> tuple[D
     tf = T.Compose(
         [T.RandomCrop(images.shape[-1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
     )
-    loader = DataLoader(
-        ArrayImages(images, labels, tf),
-        batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=pin,
-    )
+    kw = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": pin}
+    loader = DataLoader(ArrayImages(images, labels, tf), batch_size, shuffle=True, drop_last=True, **kw)
     return loader, (int(labels.max()) + 1, images.shape[1], images.shape[-1])
 
 
@@ -249,14 +251,9 @@ def parser() -> argparse.ArgumentParser:
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (fp16 with loss scaling)"
     )
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--limit-train-batches", type=integer(1), default=None)
+    p.add_argument("--limit-train-batches", type=integer(1))
     p.add_argument("--out", type=out_file, default="baseline.pt", help="where the trained weights go")
-    p.add_argument(
-        "--bench",
-        type=bench_counts,
-        default=None,
-        help="STEPS,WARMUP,REPEATS: print training images/s as JSON and stop",
-    )
+    p.add_argument("--bench", type=bench_counts, help="STEPS,WARMUP,REPEATS: print training images/s as JSON and stop")
     return p
 
 
@@ -285,8 +282,12 @@ def main() -> None:
     device, fmt = torch.device(args.device), torch.channels_last if args.channels_last else torch.contiguous_format
     try:
         model = make_model(args.model, *shape).to(device, memory_format=fmt)
+        with torch.no_grad():  # a trial forward pass: settings that build but cannot run fail here, not in training
+            out = model.eval()(torch.zeros(2, *shape[1:], shape[2], device=device).to(memory_format=fmt))
+        if out.shape != (2, shape[0]):
+            raise ValueError(f"it maps 2 images to shape {tuple(out.shape)}, not to (2, {shape[0]}) class scores")
     except Exception as e:  # settings the model class refuses
-        p.error(f"argument --model: {args.model['_target_']} cannot be built from {json.dumps(args.model)}: {reason(e)}")
+        p.error(f"argument --model: {json.dumps(args.model)} does not build a working classifier: {reason(e)}")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)

@@ -21,11 +21,10 @@ from omegaconf import DictConfig, open_dict
 
 from convlab.core.build import build, to_dict
 from convlab.core.errors import ConvlabError
-from convlab.core.perf import Precision
+from convlab.core.perf import Precision, sync
 from convlab.run.prepare import prepare_config
 from convlab.run.runner import Run, setup
 from convlab.run.schema import validate
-from convlab.run.trainer import sync
 
 LOOPS = {
     "convlab": "1 convlab train loop",

@@ -17,11 +17,11 @@ from convlab.core.errors import ConfigError, ConvlabError
 from convlab.core.io import write_atomic
 from convlab.core.perf import Precision, resolve_precision
 from convlab.data.base import DataInfo
+from convlab.data.loader import batches_on
 from convlab.run.checkpoint import find_checkpoint, load_checkpoint
 from convlab.run.rundir import BEST, RunDir
 from convlab.run.schema import validate
 from convlab.run.stopping import EarlyStop
-from convlab.run.trainer import batches_on
 from convlab.tasks.base import Task, numbers_only
 
 log = logging.getLogger("convlab")

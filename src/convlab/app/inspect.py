@@ -13,10 +13,10 @@ from convlab.app.evaluate import load_task, local_data
 from convlab.core.build import build, resolve_device
 from convlab.core.errors import ConvlabError
 from convlab.core.io import write_atomic
+from convlab.data.loader import batches_on
 from convlab.models.analysis import effective_field, field_extent, field_image, field_layer, layer_table
 from convlab.run.runlog import save_png
 from convlab.run.schema import validate
-from convlab.run.trainer import batches_on
 from convlab.tasks.base import task_class
 
 

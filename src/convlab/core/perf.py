@@ -144,3 +144,9 @@ def resolve_speed_settings(trainer_cfg: Any, device: torch.device, no_fp16: str 
     precision, why = resolve_precision(trainer_cfg.get("precision", "auto"), device, no_fp16)
     channels_last = trainer_cfg.get("channels_last", "auto")
     return precision, why, device.type == "cuda" if channels_last == "auto" else channels_last
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (for honest timings); nothing to wait for on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -10,7 +10,7 @@ so epoch k is the same whether or not the run was resumed, and both shard by ran
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 
 import torch
@@ -212,3 +212,16 @@ class ArrayDataLoader(Batches):
             self.dataset, self.batch_size, shuffle=self.shuffle and self.sampler is None, sampler=self.sampler,
             drop_last=self.drop_last, num_workers=self.workers, pin_memory=self.pin_memory, generator=g,
         )  # fmt: skip
+
+
+def batches_on(
+    loader: Iterable, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Each batch of `loader` on `device`, images (4-D tensors) in `memory_format`; no copy when already so."""
+    for batch in loader:
+        yield tuple(
+            t.to(device, non_blocking=True, memory_format=memory_format)
+            if t.dim() == 4
+            else t.to(device, non_blocking=True)
+            for t in batch
+        )

@@ -6,11 +6,12 @@ facts that no single key holds: image sizes a model takes, defaults a config lea
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from convlab.core.errors import ConfigError
-from convlab.data import cifar10
+from convlab.data import cifar10, synthetic
 from convlab.data.base import check_batch_fits, val_size
 from convlab.models import alexnet, hdc, plain_cnn, resnet
 from convlab.run.rules import ABSENT, Get, is_number, refuse
@@ -41,6 +42,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "convlab.models.resnet.ResNet18": {"model.widths": resnet.WIDTHS},
 }
 FIXED_WIDTHS = {"convlab.models.alexnet.AlexNetLite": alexnet.WIDTHS}  # channel counts no setting changes
+# Memory per pixel of a generated image (data.num_train): synthetic.generate peaks at 43-47 bytes per pixel
+# (measured at 32 and 64 pixels square), the dataset then holds it as 3 bytes and its loaders as float32.
+BYTES_PER_PIXEL = 64
+MAX_GENERATED = 10**7  # images, where the OS does not tell the machine's memory (Windows)
 
 
 def numbers_only(get: Get, group: str) -> None:
@@ -88,6 +93,32 @@ def _model_fits(get: Get) -> None:
                 f"model.dilations={rates} shrink a {size}×{size} input below one pixel "
                 f"({k}×{k} kernels, no padding); use smaller rates"
             )
+
+
+def memory() -> int | None:
+    """This machine's physical memory in bytes; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _data_fits(get: Get) -> None:
+    """A generated dataset (data.num_train and data.num_test images) fits in this machine's memory."""
+    train, test, size = get("data.num_train"), get("data.num_test"), get("data.image_size")
+    if train is ABSENT or test is ABSENT:
+        return
+    size = synthetic.IMAGE_SIZE if size is ABSENT else size
+    each, ram = BYTES_PER_PIXEL * size * size, memory()
+    most = MAX_GENERATED if ram is None else ram // each
+    where = (
+        "" if ram is None else f" (about {each / 2**10:,.0f} KiB each while made, in {ram / 2**30:,.0f} GiB of memory)"
+    )
+    if most < 3:  # not even the smallest set: the image size is what cannot be held
+        raise refuse("data.image_size", size, f"expected images that fit in memory{where}")
+    if train + test > most:
+        key, value = ("data.num_train", train) if train >= test else ("data.num_test", test)
+        raise refuse(key, value, f"expected data.num_train + data.num_test <= {most:,} images of {size}×{size}{where}")
 
 
 def train_combinations(get: Get) -> None:
@@ -146,6 +177,7 @@ def train_combinations(get: Get) -> None:
             f"expected a multiple of {devices} (batch_size is the global batch)",
             f"trainer.devices={devices}",
         )
+    _data_fits(get)
     num_train, val_fraction = get("data.num_train"), get("data.val_fraction")
     # a generated dataset: its size is known before anything is built
     if num_train is not ABSENT and val_fraction is not ABSENT:

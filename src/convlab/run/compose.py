@@ -200,8 +200,7 @@ def preflight(config_name: str, args: list[str]) -> DictConfig | None:
             jobs = None
     for i, job in enumerate(jobs or [None]):
         cfg = first.copy() if i == 0 else compose(config_name, job)
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
+        with open_dict(cfg):  # the hydra node stays: hydra.run.dir and hydra.sweep.dir have rules too
             if "out_dir" in cfg:
                 cfg.out_dir = "(the run folder)"  # ${hydra:runtime.output_dir} is only known once Hydra runs
         validate(cfg, config_name)

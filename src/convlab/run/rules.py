@@ -7,6 +7,7 @@ A check takes a plain value and returns None when it is allowed, otherwise what 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from convlab.core.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 MAX_SEED = 2**32 - 1  # numpy, and so Optuna's sampler (seeded with ${seed}), takes seeds below 2**32
+MAX_NAME, MAX_PATH = 255, 4096  # bytes: one name in a path, and a whole path (Linux's NAME_MAX and PATH_MAX)
+RUN_FILES = 128  # bytes a run folder's own files add below it (checkpoints/.last.pt.XXXXXXXX.tmp, event files)
 
 # A check returns None for a good value, otherwise what is allowed ("expected ..." or "choose one of: ...").
 Check = Callable[[Any], "str | None"]
@@ -91,6 +94,22 @@ def string(v: Any) -> str | None:
     return None if isinstance(v, str) else "expected a string"
 
 
+def file_path(room: int = 0) -> Check:
+    """A path the file system takes: no NUL, names of at most MAX_NAME bytes, MAX_PATH less `room` in all (absolute)."""
+    most = MAX_PATH - 1 - room  # the C string's terminating NUL counts too
+    text = f"expected a path of at most {most} bytes (made absolute) whose names are at most {MAX_NAME} bytes each"
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return "expected a string"
+        if "\0" in v:
+            return "expected a path without NUL characters"
+        raw = os.fsencode(os.path.abspath(v))
+        return None if len(raw) <= most and all(len(name) <= MAX_NAME for name in raw.split(b"/")) else text
+
+    return check
+
+
 def device(v: Any) -> str | None:
     """A device spec that `config.resolve_device` understands."""
     return None if isinstance(v, str) and DEVICE_PATTERN.fullmatch(v) else "choose one of: auto, cpu, cuda, cuda:N, mps"
@@ -112,7 +131,12 @@ positive_ints = list_of(integer(1), "a non-empty list of positive integers")
 
 def refuse(key: str, value: Any, allowed: str, context: str = "") -> ConfigError:
     """The one-line error for `key=value`; `context` names the other setting that rules it out."""
-    return ConfigError(f"{key}={value!r} is not allowed{f' with {context}' if context else ''}; {allowed}")
+    shown = (
+        f"{value[:60]!r}...({len(value)} characters)"
+        if isinstance(value, str) and len(value) > MAX_NAME
+        else repr(value)
+    )
+    return ConfigError(f"{key}={shown} is not allowed{f' with {context}' if context else ''}; {allowed}")
 
 
 def require_int(name: str, value: Any, minimum: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from convlab.core import interrupts
-from convlab.core.io import write_atomic
+from convlab.core.io import WriteError, gone, unwatch, watch, write_atomic
 from convlab.tasks.base import numbers_only
 
 log = logging.getLogger("convlab")
@@ -63,12 +63,52 @@ def _critical(method: Callable) -> Callable:
     return whole
 
 
+class _EventSink:
+    """The event file's writer as TensorBoard's thread calls it: its first error is kept for RunLogger, not raised."""
+
+    # Raised in the thread, an error (a full disk, a deleted folder) prints the thread's traceback and
+    # surfaces at some later call; kept here, RunLogger says it in one line at its next flush.
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.error = inner, None
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self.error is None:  # after an error nothing more is written: no record follows a torn one
+            try:
+                getattr(self.inner, name)(*args)
+            except Exception as e:
+                self.error = e
+
+    def write(self, data: bytes) -> None:
+        """Append one record."""
+        self._call("write", data)
+
+    def flush(self) -> None:
+        """Flush the file."""
+        self._call("flush")
+
+    def close(self) -> None:
+        """Close the file."""
+        self._call("close")
+
+
+def _sink(writer: Any) -> _EventSink | None:
+    """Put an _EventSink between TensorBoard's writer thread and the event file (None where its layout differs)."""
+    queue = getattr(getattr(writer.file_writer, "event_writer", None), "_async_writer", None)
+    worker = getattr(queue, "_worker", None)
+    if getattr(worker, "_record_writer", None) is None or getattr(queue, "_writer", None) is not worker._record_writer:
+        return None
+    sink = _EventSink(worker._record_writer)
+    queue._writer = worker._record_writer = sink  # both read it at each call
+    return sink
+
+
 class RunLogger:
     """Writes one run's curves and results into `out_dir`."""
 
     def __init__(self, out_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
         self.out_dir, self.enabled = Path(out_dir), enabled
-        self.writer = None
+        self.writer, self.sink = None, None
         if self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -78,6 +118,25 @@ class RunLogger:
             # per-epoch values sit at epoch numbers, below it (the trainer writes an epoch's row and its
             # checkpoint as one block, so a row without its checkpoint needs a hard crash in between).
             self.writer = SummaryWriter(str(self.out_dir), purge_step=purge_step)
+            self.sink = _sink(self.writer)
+            watch(self.out_dir)  # until close(): no write re-creates the folder if it is deleted meanwhile
+
+    def _flush(self, close: bool = False) -> None:
+        """Flush (or close) the event file; a failed write, here or in the writer thread, is one WriteError line."""
+        try:
+            if close:
+                self.writer.close()
+            else:
+                self.writer.flush()
+            error = self.sink and self.sink.error
+        except Exception as e:
+            error = (self.sink and self.sink.error) or e
+        if error is None:
+            return
+        if not self.out_dir.is_dir():
+            raise gone(self.out_dir, "its TensorBoard events")
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        raise WriteError(f"cannot write TensorBoard events in {self.out_dir}: {reason}", getattr(error, "errno", None))
 
     def progress(self, batches: Iterable, total: int, desc: str) -> Iterator:
         """A tqdm.auto bar on a terminal or in Jupyter (a widget with ipywidgets, text without); hidden otherwise."""
@@ -111,7 +170,7 @@ class RunLogger:
         self.writer.add_text("run/command", _code(command), step)
         self.writer.add_text("run/config", _code(yaml), step)
         self.writer.add_custom_scalars(layout(charts))
-        self.writer.flush()
+        self._flush()
 
     @_critical
     def log_epoch(self, epoch: int, epochs: int, row: dict[str, float], history: list[dict[str, float]]) -> None:
@@ -121,7 +180,7 @@ class RunLogger:
         for key, value in row.items():
             if key != "epoch":
                 self.writer.add_scalar(key, value, epoch)
-        self.writer.flush()
+        self._flush()
         self._write_csv(history)
         log.info("epoch %d/%d  %s", epoch, epochs, "  ".join(_fmt(k, v) for k, v in row.items() if k != "epoch"))
 
@@ -144,7 +203,7 @@ class RunLogger:
         for name, batch in images.items():
             path = self.out_dir / name / f"epoch_{step:03d}.png" if per_epoch else self.out_dir / f"{name}.png"
             self.writer.add_image(name, _save_grid(batch, path), step)
-        self.writer.flush()
+        self._flush()
 
     @_critical
     def log_final(self, epoch: int, split: str, results: dict[str, Any]) -> None:
@@ -165,7 +224,7 @@ class RunLogger:
         for key, value in flatten(numbers_only(results)).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(f"{split}/{key}", value, epoch)
-        self.writer.flush()
+        self._flush()
 
     @_critical
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -182,13 +241,16 @@ class RunLogger:
         finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         for summary in hparams_summary(clean, finite):
             self.writer.file_writer.add_summary(summary)
-        self.writer.flush()
+        self._flush()
 
     @_critical
     def close(self) -> None:
-        """Flush and close the event file."""
+        """Flush and close the event file (a failed write is one WriteError line); the folder is no longer watched."""
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self._flush(close=True)
+            finally:
+                unwatch(self.out_dir)
 
 
 def image_grid(batch: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:

@@ -21,9 +21,11 @@ from convlab.models.layers import CONV_IMPLS, CONV_KINDS
 from convlab.run.combinations import CHANNELS, numbers_only, train_combinations
 from convlab.run.rules import (
     ABSENT,
+    RUN_FILES,
     Check,
     choice,
     device,
+    file_path,
     flag,
     fraction,
     integer,
@@ -35,14 +37,13 @@ from convlab.run.rules import (
     positive_ints,
     refuse,
     seed,
-    string,
 )
 
 LOADERS = ("auto", "device", "dataloader")
 LOSSES = ("bce", "hinge", "wgan-gp")
 D_NORMS = ("auto", "batch", "layer", "none")
 AUGMENTS = ("crop_padding", "flip")
-GROUPS = ("optim", "sched", "data", "model", "task", "gan")  # their keys are checked when present
+GROUPS = ("optim", "sched", "data", "model", "task", "gan", "hydra")  # their keys are checked when present
 _DEFERRED = object()  # a ${hydra:...} value that Hydra fills in when it runs
 
 TRAIN: dict[str, Check] = {
@@ -51,8 +52,10 @@ TRAIN: dict[str, Check] = {
     "seed": seed,
     "device": device,
     "deterministic": flag,
-    "resume": optional(string),
-    "out_dir": string,
+    "resume": optional(file_path()),
+    "out_dir": file_path(RUN_FILES),  # run folders: room left for the files a run writes inside
+    "hydra.run.dir": file_path(RUN_FILES),
+    "hydra.sweep.dir": file_path(2 * RUN_FILES),  # and a job's folder inside
     "trainer.log_every": integer(1),
     "trainer.eval_every": integer(1),
     "trainer.devices": integer(1),
@@ -80,9 +83,9 @@ TRAIN: dict[str, Check] = {
     "sched.final_div_factor": positive,
     "sched.step_epochs": integer(1),
     "sched.gamma": positive,
-    "data.root": string,
+    "data.root": file_path(),
     "data.download": flag,
-    "data.cache_dir": string,
+    "data.cache_dir": file_path(),
     "data.image_size": integer(8),
     "data.val_fraction": number(0, 1, open_low=True, open_high=True),
     "data.split_seed": seed,
@@ -122,18 +125,18 @@ BENCH = TRAIN | {
     "bench.warmup": integer(1),
     "bench.repeats": integer(1),
     "bench.workers": optional(integer(0)),
-    "bench.json": optional(string),
+    "bench.json": optional(file_path()),
 }
 EVAL = {
-    "ckpt": string,
+    "ckpt": file_path(),
     "device": device,
     "batch_size": integer(1),
     "precision": choice("auto", *PRECISIONS),
     "data.split": choice("test", "val"),
-    "data.root": optional(string),
+    "data.root": optional(file_path()),
 }
-SAMPLE = {"ckpt": string, "device": device, "n": integer(1), "seed": seed, "interpolate": flag, "out": string}
-INSPECT = TRAIN | {"ckpt": optional(string), "out": string, "erf_images": integer(1)}
+SAMPLE = {"ckpt": file_path(), "device": device, "n": integer(1), "seed": seed, "interpolate": flag, "out": file_path()}
+INSPECT = TRAIN | {"ckpt": optional(file_path()), "out": file_path(), "erf_images": integer(1)}
 RULES = {"train": TRAIN, "bench": BENCH, "eval": EVAL, "sample": SAMPLE, "inspect": INSPECT}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ from convlab.core import interrupts
 from convlab.core.build import to_dict
 from convlab.core.errors import ConfigError, ConvlabError, Diverged
 from convlab.core.io import copy_atomic
+from convlab.core.perf import sync
+from convlab.data.loader import batches_on
 from convlab.run.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convlab.run.distributed import all_reduce, gather
 from convlab.run.rundir import RunDir
@@ -28,25 +30,6 @@ log = logging.getLogger("convlab")
 
 def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in d.items()}
-
-
-def batches_on(
-    loader: Iterable, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Each batch of `loader` on `device`, images (4-D tensors) in `memory_format`; no copy when already so."""
-    for batch in loader:
-        yield tuple(
-            t.to(device, non_blocking=True, memory_format=memory_format)
-            if t.dim() == 4
-            else t.to(device, non_blocking=True)
-            for t in batch
-        )
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (for honest timings); nothing to wait for on a CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass(frozen=True)
@@ -175,7 +158,11 @@ class Trainer:
                 self.logger.log_epoch(epoch, self.settings.epochs, row, self.history)
                 self.logger.log_images(images, epoch, per_epoch=True)
                 self.epoch = epoch
-                self._checkpoint(self._improved(row))
+                try:
+                    self._checkpoint(self._improved(row))
+                except BaseException:
+                    self.epoch = epoch - 1  # what last.pt still holds, for the summary
+                    raise
             self.early_stopped = self._stop_verdict()
             stop_after = self.settings.stop_after
             if not self.early_stopped and stop_after and epoch - first >= stop_after and epoch < self.settings.epochs:
