@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 
 from convlab.core.build import build, to_dict
 from convlab.core.errors import ConvlabError
+from convlab.core.io import write_atomic
 from convlab.core.perf import Precision, sync
 from convlab.run.prepare import prepare_config
 from convlab.run.runner import Run, setup
@@ -188,6 +189,6 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def write_json(r: dict[str, Any], path: str) -> None:
-    """The benchmark as JSON at `path`."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(r, indent=2) + "\n")
+    """The benchmark as JSON at `path`, written atomically (a link there is replaced, not written through)."""
+    text = json.dumps(r, indent=2) + "\n"
+    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))

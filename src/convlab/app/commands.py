@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from convlab.core.errors import ConvlabError, Terminated
+from convlab.core.io import write_atomic
 
 log = logging.getLogger("convlab")
 # Sweep job folders are named by their overrides (conf/train.yaml); long ones are cut to stay valid names.
@@ -98,7 +99,8 @@ def user_errors(resume_hint: bool = False) -> Iterator[None]:
         if not _in_sweep():
             raise
         out = Path(HydraConfig.get().runtime.output_dir)
-        (out / "error.txt").write_text(traceback.format_exc())
+        trace = traceback.format_exc()
+        write_atomic(out / "error.txt", lambda tmp: Path(tmp).write_text(trace))
         log.error(
             "job failed: %s: %s (traceback in %s)",
             type(e).__name__,
