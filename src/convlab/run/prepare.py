@@ -12,11 +12,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from convlab.core.errors import ConfigError, ConvlabError
+from convlab.core.errors import ConfigError
 from convlab.core.io import remove_stale_temp_files
 from convlab.run import resume
 from convlab.run.compose import compose
-from convlab.run.rundir import Claim, RunDir, check_links, claim, holds_run, lock, resume_command
+from convlab.run.rundir import Claim, RunDir, check_links, claim, holds_run, lock, refuse_taken, unlock
 from convlab.run.schema import validate
 
 
@@ -40,8 +40,6 @@ class Prepared:
         if self.claim is not None:
             self.claim.release()
         elif self.run_dir is not None:
-            from convlab.run.rundir import unlock
-
             unlock(self.run_dir.path)
 
 
@@ -95,10 +93,7 @@ def prepare_config(cfg: DictConfig, *, write: bool = True, validated: bool = Fal
         return Prepared(cfg, plan)
     out = Path(cfg.out_dir)
     if plan is None and holds_run(out):
-        raise ConvlabError(
-            f"{out} already holds a run; a new one would overwrite it: "
-            f"continue it with {resume_command(out)}, or choose another folder"
-        )
+        refuse_taken(out)
     out.mkdir(parents=True, exist_ok=True)
     return _lock(cfg, plan)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from convlab.core.errors import ConvlabError
-from convlab.core.io import write_atomic
+from convlab.core.io import FULL, WriteError, gone, rewrite_in_place, write_atomic
 
 try:
     import fcntl
@@ -85,19 +85,26 @@ class RunDir:
         """summary.json as a dict; {} when it is missing, a link, unreadable or not an object."""
         return read_summary(self.path)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        """summary.json, atomically; a folder deleted under the run is not re-created."""
+    def write_summary(self, summary: dict[str, Any], last_resort: bool = False) -> None:
+        """summary.json, atomically; a folder deleted under the run is not re-created.
+
+        With `last_resort` (an ended run's status), a full disk rewrites the file within the space the
+        previous summary holds: not atomic, but better than a summary that says "running" forever.
+        """
         if not self.path.is_dir():
-            raise ConvlabError(
-                f"run folder {self.path} is gone (deleted while the run was going); its summary cannot be written"
-            )
+            raise gone(self.path, "its summary")
         # Indented, with lists of numbers kept on one line (confusion matrices stay readable).
         text = re.sub(
             r"\[\s*([-\d.e,\s]+?)\s*\]",
             lambda m: "[" + " ".join(m.group(1).split()) + "]",
             json.dumps(summary, indent=2, default=str),
         )
-        write_atomic(self.path / SUMMARY, lambda tmp: Path(tmp).write_text(text + "\n"))
+        try:
+            write_atomic(self.path / SUMMARY, lambda tmp: Path(tmp).write_text(text + "\n"))
+        except WriteError as e:
+            if not (last_resort and e.errno in FULL):
+                raise
+            rewrite_in_place(self.path / SUMMARY, text + "\n")
 
 
 def holds_run(folder: Path) -> bool:
@@ -258,15 +265,20 @@ def claim(folder: Path, *, explicit: bool, sweep: bool = False) -> Claim:
         lock(folder)
     if taken():
         unlock(folder)
-        if is_locked(folder):  # its run is still going: the lock's own words (which process), not "resume it"
-            lock(folder)
         if LOCK_NAME not in before:
             (folder / LOCK_NAME).unlink(missing_ok=True)
-        what = "a sweep" if sweep else "a run"
-        hint = (
-            "choose another hydra.sweep.dir"
-            if sweep
-            else f"continue it with: {resume_command(folder)}, or choose another folder"
-        )
-        raise ConvlabError(f"{folder} already holds {what}; a new one would overwrite it: {hint}")
+        refuse_taken(folder, sweep)
     return Claim(folder, created, before)
+
+
+def refuse_taken(folder: Path, sweep: bool = False) -> None:
+    """Raise the one line for a new run (or sweep) aimed at a folder that already holds one."""
+    if is_locked(folder):  # its run is still going: the lock's own words (which process), not "resume it"
+        lock(folder)
+    what = "a sweep" if sweep else "a run"
+    hint = (
+        "choose another hydra.sweep.dir"
+        if sweep
+        else f"continue it with: {resume_command(folder)}, or choose another folder"
+    )
+    raise ConvlabError(f"{folder} already holds {what}; a new one would overwrite it: {hint}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import shlex
@@ -20,11 +19,11 @@ from omegaconf import DictConfig
 from convlab.core import interrupts
 from convlab.core.build import build, resolve_device, to_dict
 from convlab.core.errors import ConfigError, ConvlabError, Diverged
-from convlab.core.io import FULL, WriteError, rewrite_in_place
+from convlab.core.io import FULL, WriteError
 from convlab.core.perf import Precision, keep_freed_memory, resolve_speed_settings
 from convlab.run import distributed, resume
 from convlab.run.prepare import Prepared, prepare_config
-from convlab.run.rundir import SUMMARY, RunDir, resume_command
+from convlab.run.rundir import RunDir, resume_command
 from convlab.run.runlog import RunLogger, flatten
 from convlab.run.trainer import Trainer, TrainerSettings
 from convlab.tasks.base import Task, numbers_only
@@ -65,10 +64,10 @@ class Run:
     macs: int | None = None  # multiply-adds of one image's forward pass (classifiers)
     run_dir: RunDir | None = None  # where this process writes summary.json (None: it writes nothing)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        """summary.json, from the process that writes the run's files."""
+    def write_summary(self, summary: dict[str, Any], last_resort: bool = False) -> None:
+        """summary.json, from the process that writes the run's files (see RunDir.write_summary)."""
         if self.run_dir is not None:
-            self.run_dir.write_summary(summary)
+            self.run_dir.write_summary(summary, last_resort)
 
 
 def setup(job: DictConfig | Prepared, write: bool = True) -> Run:
@@ -224,27 +223,16 @@ def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
             "interrupted" if isinstance(e, KeyboardInterrupt) else "diverged" if isinstance(e, Diverged) else "failed"
         )
         ended = {"status": status, "error": str(e) or type(e).__name__, "epochs": trainer.epoch}
-        if RunDir(Path(cfg.out_dir)).last.is_file():
-            ended["resume"] = resume_command(cfg.out_dir)
-        _write_ended(run, summary | ended)
+        if trainer.run_dir.last.is_file():
+            ended["resume"] = trainer.run_dir.resume_command()
+        with contextlib.suppress(Exception):  # a deleted run folder, say: the error itself still reaches the user
+            run.write_summary(summary | ended, last_resort=True)
         with contextlib.suppress(Exception):
             run.logger.close()
         if isinstance(e, WriteError) and "resume" in ended:  # the run can go on from its last checkpoint
             then = "free some space, then continue" if e.errno in FULL else "continue"
             raise WriteError(f"{e}; the last checkpoint is intact: {then} with: {ended['resume']}", e.errno) from None
         raise
-
-
-def _write_ended(run: Run, summary: dict[str, Any]) -> None:
-    """The ended run's summary.json; on a full disk, rewritten in the space the running one holds."""
-    try:
-        run.write_summary(summary)
-    except WriteError as e:
-        if e.errno in FULL and run.run_dir is not None:  # not atomic, but better than "running" forever
-            with contextlib.suppress(Exception):
-                rewrite_in_place(run.run_dir.path / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
-    except Exception:  # a deleted run folder, say: the error itself still reaches the user
-        pass
 
 
 def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
