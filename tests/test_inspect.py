@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,8 +83,44 @@ def test_inspect_writes_json_and_heatmap(tmp_path: Path) -> None:
     assert saved["conv"] == "shift" and saved["total"] == result["total"] and saved["unit"].startswith("MACs = ")
     assert (tmp_path / "out" / "effective_field.png").read_bytes()[:4] == b"\x89PNG"
     assert saved["effective_field"]["size"] == [17, 17] and "initial weights" in title
+    assert saved["effective_field"]["source"] == "synthetic test images"  # generated: always there
 
 
 def test_inspect_refuses_a_gan(tmp_path: Path) -> None:
     with pytest.raises(ConvlabError, match="model=dcgan is a GAN; convlab inspect reads classifiers"):
         inspect_model(inspect_cfg(tmp_path, "model=dcgan"))
+
+
+def test_inspect_without_the_dataset_uses_stand_ins_and_downloads_nothing(tmp_path: Path) -> None:
+    # README's own example, where no data folder exists: the table needs only shapes, the field stand-in images
+    env = {k: v for k, v in os.environ.items() if k != "CONVLAB_DATA"} | {"HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "convlab", "inspect", "model=hdc", "device=cpu"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    said = f"synthetic stand-ins (cifar10 not found: no folder {tmp_path / 'data' / 'cifar-10-batches-py'}"
+    assert "features.2" in proc.stdout and f"effective-field images: {said}" in proc.stdout
+    saved = json.loads((tmp_path / "inspect" / "inspect.json").read_text())
+    assert saved["effective_field"]["source"].startswith(said) and saved["total"]["parameters"] == 94_986
+    assert (tmp_path / "inspect" / "effective_field.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "data").exists()  # neither created nor downloaded into
+
+
+def test_inspect_reads_real_images_when_they_are_there(tmp_path: Path, cifar_root: Path) -> None:
+    result, _ = inspect_model(compose_cfg("inspect", "model=hdc", f"data.root={cifar_root}", f"out={tmp_path}"))
+    assert result["effective_field"]["source"] == f"cifar10 test images from data.root={cifar_root}"
+    assert result["effective_field"]["size"] == [17, 17]
+
+
+def test_inspect_never_downloads_and_reports_a_broken_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils
+
+    def no_download(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("inspect tried to download")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", no_download)
+    result, _ = inspect_model(compose_cfg("inspect", "model=hdc", f"data.root={tmp_path}", f"out={tmp_path / 'out'}"))
+    assert result["effective_field"]["source"].startswith("synthetic stand-ins (cifar10 not found")
+    # a folder that is there but incomplete is not absent: the usual one-line error, no quiet stand-ins
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(ConvlabError, match="data_batch_1 is missing; the folder is incomplete"):
+        inspect_model(compose_cfg("inspect", "model=hdc", f"data.root={tmp_path}", f"out={tmp_path / 'out'}"))

@@ -100,22 +100,10 @@ def test_channels_last_reaches_model_and_batches(tmp_path: Path) -> None:
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("write", [False, True])
-def test_device_reads_once_per_log_interval_and_step_curves_add_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: bool
-) -> None:
-    # 8 steps, log_every=3: reads after steps 3 and 6 and at the epoch's end,
-    # whether or not the step curves are written.
-    run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", "trainer.log_every=3"), write=write)
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts every way a tensor's value reaches the host (each waits for the device), until monkeypatch.undo()."""
     reads = {"n": 0}
-    for name in (
-        "item",
-        "tolist",
-        "cpu",
-        "numpy",
-        "__float__",
-        "__bool__",
-    ):  # every way a tensor's value reaches the host
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__"):
         real = getattr(torch.Tensor, name)
 
         def counting(self: torch.Tensor, *args, _real=real, **kwargs):
@@ -123,16 +111,41 @@ def test_device_reads_once_per_log_interval_and_step_curves_add_none(
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    run.trainer.train_epoch(1)
+    return reads
+
+
+@pytest.mark.parametrize(
+    ("log_every", "read_every", "write", "points", "reads"),
+    [(1, 50, True, [1, 2, 3, 4, 5, 6, 7, 8], 1), ("auto", 50, True, [1, 2, 3, 4, 5, 6, 7, 8], 1),
+     (3, 50, False, [3, 6, 8], 1), (3, 4, True, [3, 6, 8], 2), (1, 4, True, [1, 2, 3, 4, 5, 6, 7, 8], 2)],
+)  # fmt: skip
+def test_step_points_are_read_from_the_device_together_and_add_no_reads(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    log_every: int | str,
+    read_every: int,
+    write: bool,
+    points: list[int],
+    reads: int,
+) -> None:
+    # 8 steps: a point every log_every steps and at the epoch's end; the points wait on the device and are read
+    # together every READ_EVERY steps (rounded up to a point) and at the epoch's end, whether or not they are written.
+    monkeypatch.setattr("convlab.run.steplog.READ_EVERY", read_every)
+    run = setup(make_cfg(tmp_path, *SMALL, "model.channels=[8,8,8]", f"trainer.log_every={log_every}"), write=write)
+    counted = count_reads(monkeypatch)
+    means, _ = run.trainer.train_epoch(1)
     monkeypatch.undo()
     assert len(run.loaders["train"]) == 8
-    assert reads["n"] == 3, "one read per log interval plus one at the epoch's end, never per step"
+    assert counted["n"] == reads, "the points are read together, never one read per step or per point"
     if write:
         run.logger.close()
         ea = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
         ea.Reload()
-        assert [e.step for e in ea.Scalars("step/train/loss")] == [3, 6, 8]
-        assert [e.step for e in ea.Scalars("step/lr")] == [3, 6, 8]
+        losses = ea.Scalars("step/train/loss")
+        assert [e.step for e in losses] == [e.step for e in ea.Scalars("step/lr")] == points
+        # Each point is the mean over its steps (equal batches): weighted by those steps, the epoch's mean.
+        spans = [b - a for a, b in zip([0, *points[:-1]], points, strict=True)]
+        assert sum(e.value * w for e, w in zip(losses, spans, strict=True)) / 8 == pytest.approx(means["loss"])
 
 
 def test_bench_measures_three_loops(tmp_path: Path) -> None:

@@ -347,7 +347,7 @@ def test_a_required_key_missing_from_a_saved_config_is_named() -> None:
     cfg = cfg_for("train")
     with open_dict(cfg):
         del cfg.trainer.log_every  # a checkpoint's config comes from outside: it may lack keys
-    with pytest.raises(ConfigError, match=r"^trainer.log_every=None is not allowed; expected an integer >= 1$"):
+    with pytest.raises(ConfigError, match=r"^trainer.log_every=None is not allowed; expected auto or an integer >= 1$"):
         schema.validate(cfg)
 
 

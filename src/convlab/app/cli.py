@@ -71,10 +71,15 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
         return args, None
     multirun = "-m" in args or "--multirun" in args or first.hydra.mode == RunMode.MULTIRUN
     if multirun:
+        from convlab.run import sweeps
+
+        if _value(args, "resume", None) is not None:
+            return _resume_sweep(args, Path(_value(args, "resume", None)).absolute()), None
         folder = Path(_value(args, "hydra.sweep.dir", None) or OmegaConf.select(first, "hydra.sweep.dir"))
         CLAIMS.append(rundir.claim(folder, explicit=_value(args, "hydra.sweep.dir", None) is not None, sweep=True))
         return [a for a in args if not a.startswith("hydra.sweep.dir=")] + [
-            f"hydra.sweep.dir={rundir.hydra_quote(str(CLAIMS[-1].folder))}"
+            f"hydra.sweep.dir={rundir.hydra_quote(str(CLAIMS[-1].folder))}",
+            *sweeps.naming(args, first),
         ], None
     from convlab.run.prepare import prepare  # reads checkpoints: imports torch
     from convlab.run.resume import finished_text
@@ -96,6 +101,29 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
         f"hydra.run.dir={rundir.hydra_quote(job.cfg.out_dir)}",
         *kept,
     ], None
+
+
+def _resume_sweep(args: list[str], folder: Path) -> list[str]:
+    """`convlab train -m resume=SWEEP_DIR`: the sweep recomposed from its folder, checked, locked; Hydra's args."""
+    from convlab.run import rundir, sweeps
+
+    args = sweeps.resume_args(args, folder)
+    first = preflight("train", args)  # the folder's overrides are checked like typed ones
+    rundir.check_links(folder)
+    rundir.lock(folder)  # one process continues a sweep at a time
+    CLAIMS.append(rundir.Claim(folder, created=False, before={p.name for p in folder.iterdir()}))
+    plan = sweeps.plan_resume(folder, sweeps.jobs_of(args, first), _value(args, "rerun_failed", "False") == "True")
+    print(
+        f"resuming sweep {folder}: {len(plan['kept'])} jobs ended (kept), {len(plan['continued'])} continue "
+        f"from their last checkpoint, {len(plan['run'])} run",
+        file=sys.stderr,
+    )
+    os.environ[sweeps.RESUMED] = str(folder)  # its jobs (in this process or a launcher's workers) read it
+    return [
+        *args,
+        f"hydra.sweep.dir={rundir.hydra_quote(str(folder))}",
+        *sweeps.naming(args, first),
+    ]
 
 
 CLAIMS: list = []  # sweep folders this process claimed (released, and emptied if nothing was written, at exit)
@@ -138,13 +166,20 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as e:  # reached here only outside a job: a sweep's own process (its jobs said theirs)
         code = 143 if isinstance(e, Terminated) else 130
         what = "terminated (SIGTERM)" if code == 143 else "interrupted"
-        print(f"error: {what}; each job's summary.json says where it stopped", file=sys.stderr)
+        if CLAIMS:  # a sweep's folder
+            from convlab.run.rundir import resume_command
+
+            hint = f"continue the sweep (its ended jobs kept) with: {resume_command(CLAIMS[-1].folder, sweep=True)}"
+        else:
+            hint = "each job's summary.json says where it stopped"
+        print(f"error: {what}; {hint}", file=sys.stderr)
         sys.exit(code)
     finally:
         while CLAIMS:
             CLAIMS.pop().release()
         while PREPARED:
             PREPARED.pop().release()
+        os.environ.pop("CONVLAB_RESUMED_SWEEP", None)  # sweeps.RESUMED: this command's sweep only
     if last_sweep["failed"]:
         sys.exit(1)  # the sweep ran to its end, but not every job succeeded
 

@@ -23,10 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from convlab.core.errors import ConvlabError, Terminated
 from convlab.core.io import write_atomic
+from convlab.run import sweeps
+from convlab.run.sweeps import job_name
 
 log = logging.getLogger("convlab")
-# Sweep job folders are named by their overrides (conf/train.yaml); long ones are cut to stay valid names.
-OmegaConf.register_new_resolver("convlab_cut", lambda text, n: str(text)[: int(n)], replace=True)
+# Sweep job folders: number and differing overrides, cut to stay valid names (conf/train.yaml, run/sweeps.py).
+OmegaConf.register_new_resolver("convlab_job", job_name, replace=True)
 CONF = "pkg://convlab.conf"
 
 PREPARED: list = []  # the run this process prepared before Hydra started (released likewise at exit)
@@ -84,12 +86,15 @@ def user_errors(resume_hint: bool = False) -> Iterator[None]:
             sys.exit(2)
         _record_failure(e)
     except KeyboardInterrupt as e:
-        from convlab.run.rundir import RunDir
+        from convlab.run.rundir import RunDir, resume_command
 
         run = RunDir(Path(HydraConfig.get().runtime.output_dir))
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         if not resume_hint:
             log.error("%s", what)
+        elif _in_sweep():
+            sweep = Path(HydraConfig.get().sweep.dir).absolute()
+            log.error("%s; continue the sweep (its ended jobs kept) with: %s", what, resume_command(sweep, sweep=True))
         elif run.last.is_file():
             log.error("%s; continue from the last finished epoch with: %s", what, run.resume_command())
         else:
@@ -123,8 +128,16 @@ def train_main(cfg: DictConfig) -> float | None:
         if cfg.device == "auto" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
             # parallel sweeps: job i on GPU i mod N
             cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"
-        job = PREPARED[-1] if PREPARED and not _in_sweep() else cfg  # a sweep's jobs are prepared one by one
-        return train(job, _job_command())["best"]["value"]
+        if not _in_sweep():
+            return train(PREPARED[-1] if PREPARED else cfg, _job_command())["best"]["value"]
+        hc = HydraConfig.get()  # a sweep's jobs are prepared one by one, each from its composed config
+        if os.environ.get(sweeps.RESUMED) == str(Path(hc.sweep.dir).absolute()):
+            ended = sweeps.resumed_job(cfg)
+            if ended is not None:
+                log.info("job %d ended before (%s): kept as it is", hc.job.num, ended.get("status"))
+                return (ended.get("best") or {}).get("value")
+        swept = sweeps.swept_values(list(hc.overrides.task), list(hc.job.config.override_dirname.exclude_keys), cfg)
+        return train(cfg, _job_command(), swept)["best"]["value"]
     return None
 
 

@@ -9,10 +9,12 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from convlab.app.runs import RunRecord, find_runs, task_classes
+from convlab.app.seeds import SeedGroup, epoch_stats, seed_groups, seeds_markdown, stats
 from convlab.app.tables import md_code, md_text, table, to_markdown
 from convlab.core.errors import ConfigError, ConvlabError
 from convlab.core.io import write_atomic
@@ -21,19 +23,45 @@ from convlab.core.plots import confusion_figure
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) -> Figure:
-    """Per-epoch curves, 2 panels a row, runs overlaid and labelled; 1200 px wide, 400 px a row (4 panels: 1200×800)."""
+def _panel_grid(panels: tuple[tuple[str, str], ...]) -> tuple[Figure, list[Axes]]:
+    """2 panels a row, titled, epochs along x; 1200 px wide, 400 px a row."""
     rows = max(1, math.ceil(len(panels) / 2))
     fig = Figure(figsize=(12, 4 * rows), dpi=100)
-    for i, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(rows, 2, i + 1)
+    axes = [fig.add_subplot(rows, 2, i + 1) for i in range(len(panels))]
+    for ax, (_, title) in zip(axes, panels, strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) -> Figure:
+    """Per-epoch curves, 2 panels a row, runs overlaid and labelled; 1200 px wide, 400 px a row (4 panels: 1200×800)."""
+    fig, axes = _panel_grid(panels)
+    for ax, (key, _) in zip(axes, panels, strict=True):
         for r in runs:
             points = [(row["epoch"], row[key]) for row in r.history if key in row]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=r.label)  # (epochs, values)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def seed_curves_figure(groups: list[SeedGroup], panels: tuple[tuple[str, str], ...]) -> Figure:
+    """Each group's mean curve over its ok runs, a band of ± one std where 2+ runs reached the epoch."""
+    fig, axes = _panel_grid(panels)
+    for ax, (key, _) in zip(axes, panels, strict=True):
+        for g in groups:
+            curve = epoch_stats(g.ok, key)
+            if curve:
+                epochs = [epoch for epoch, _ in curve]
+                means = [s.mean for _, s in curve]
+                spread = [s.std or 0.0 for _, s in curve]
+                (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=f"{g.label} (n={len(g.ok)})")
+                low = [m - d for m, d in zip(means, spread, strict=True)]
+                high = [m + d for m, d in zip(means, spread, strict=True)]
+                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
     fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -56,6 +84,28 @@ def accuracy_bars(runs: list[RunRecord], key: str = "acc", label: str = "test ac
     top = max(accs) * 1.2 + 0.05
     ax.set_xlim(0, min(1.0, top) if max(accs) <= 1 else top)  # fractions end at 1
     ax.set_xlabel(label)
+    fig.tight_layout()
+    return fig
+
+
+def seed_bars(groups: list[SeedGroup], key: str = "acc", label: str = "test accuracy") -> Figure:
+    """Mean final test value `key` per group, a ± one std error bar, each seed a dot; 1000 px wide, 120 px a group."""
+    fig = Figure(figsize=(10, 1.5 + 1.2 * len(groups)), dpi=100)
+    ax = fig.add_subplot()
+    top = 0.0
+    for i, g in enumerate(groups):
+        values = [v for r in g.ok if (v := r.value(f"test/{key}")) is not None]
+        s = stats(values)
+        ax.barh(i, s.mean, xerr=s.std or 0.0, color="tab:blue", alpha=0.6, ecolor="black", capsize=6)
+        ax.scatter(values, [i] * len(values), facecolor="white", edgecolor="black", s=24, zorder=3)
+        spread = f"{s.std:.3f}" if s.std is not None else "–"
+        right = max(s.high, s.mean + (s.std or 0.0))
+        ax.text(right, i, f"  {s.mean:.3f} ± {spread} (n={s.n})", va="center")
+        top = max(top, right)
+    ax.set_yticks(range(len(groups)), [g.label for g in groups], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, min(1.0, top * 1.2 + 0.05) if top <= 1 else top * 1.2 + 0.05)  # fractions end at 1
+    ax.set_xlabel(f"{label}: mean ± std over seeds (dots: each seed)")
     fig.tight_layout()
     return fig
 
@@ -134,6 +184,9 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
         to_markdown(table(runs)),
         "",
     ]
+    groups = seed_groups(runs)
+    if groups:
+        md += [seeds_markdown(groups, runs)]
     md += ["## Runs (labels in the figures)\n"]
     for r in runs:
         detail = r.problem or r.summary.get("error")
@@ -150,13 +203,15 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
         keys = {key for key, _ in spec.curves}
         drawn = [r for r in runs if r.task is task and any(keys & row.keys() for row in r.history)]
         if drawn:
-            figure(
-                spec.curves_png or f"{task.__name__.lower()}_curves.png",
-                curves_figure(drawn, spec.curves),
-                spec.caption,
-            )
+            png = spec.curves_png or f"{task.__name__.lower()}_curves.png"
+            mine = [g for g in groups if g.ok and g.ok[0].task is task]  # seeds folded: a band, not a line per seed
+            if mine:
+                caption = f"{spec.caption}: mean over seeds, band ± one std"
+                figure(png.replace(".png", "_seeds.png"), seed_curves_figure(mine, spec.curves), caption)
+            else:
+                figure(png, curves_figure(drawn, spec.curves), spec.caption)
             if spec.test_metric:
-                _test_figures(drawn, spec.test_metric, figure, md, out)
+                _test_figures(drawn, spec.test_metric, figure, md, out, mine)
             if task.samples:
                 _samples(drawn, md, out)
     path = out / "report.md"
@@ -165,12 +220,20 @@ def _write(out: Path, runs: list[RunRecord], paths: list[Path]) -> Path:
 
 
 def _test_figures(
-    runs: list[RunRecord], metric: tuple[str, str], figure: Callable[[str, Figure, str], None], md: list[str], out: Path
+    runs: list[RunRecord],
+    metric: tuple[str, str],
+    figure: Callable[[str, Figure, str], None],
+    md: list[str],
+    out: Path,
+    groups: list[SeedGroup],
 ) -> None:
-    """A test value (accuracy) per run, against MACs, beside each effective field; the best run's confusion matrix."""
+    """A test value (accuracy) per run or seed group, against MACs, beside each effective field; the best confusion."""
     key, label = metric
     tested = [r for r in runs if r.value(f"test/{key}") is not None]
-    if tested:
+    barred = [g for g in groups if any(r.value(f"test/{key}") is not None for r in g.ok)]
+    if barred:
+        figure("test_accuracy_seeds.png", seed_bars(barred, key, label), f"Final {label}: mean ± std over seeds")
+    elif tested:
         figure("test_accuracy.png", accuracy_bars(tested, key, label), f"Final {label}")
     counted = [r for r in tested if r.summary.get("macs")]
     if counted:

@@ -1,5 +1,8 @@
 """The end of a `convlab train -m` sweep: summary.csv and summary.md in the sweep folder, and the table.
 
+Runs that differ only in their seed are also folded into one row per setting (summary_seeds.csv, and a
+section of summary.md and of the printed table): see convlab.app.seeds.
+
 A Hydra callback (conf/train.yaml: hydra.callbacks), so it runs with any launcher, once, in the
 process that started the sweep, after every job has ended; it reads the jobs' folders.
 """
@@ -13,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from convlab.app.runs import RunRecord, find_runs
+from convlab.app.seeds import seed_csv, seed_groups, seeds_markdown
 from convlab.app.tables import table, to_csv, to_markdown
 from convlab.run import rundir
 
@@ -24,7 +28,7 @@ class SweepSummary(Callback):
     """Tabulate every job of a finished sweep."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Write summary.csv / summary.md and print the table."""
+        """Write summary.csv / summary.md (and summary_seeds.csv when seeds fold) and print the table."""
         from convlab.core.io import copy_atomic, write_atomic  # imports torch: only once a sweep has ended
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -35,12 +39,16 @@ class SweepSummary(Callback):
         rows = table(runs)
         text = to_markdown(rows)
         write_atomic(sweep_dir / "summary.csv", lambda tmp: Path(tmp).write_text(to_csv(rows)))
+        groups = seed_groups(runs)
+        if groups:
+            text += "\n\n" + seeds_markdown(groups, runs)
+            write_atomic(sweep_dir / "summary_seeds.csv", lambda tmp: Path(tmp).write_text(seed_csv(groups, runs)))
         write_atomic(sweep_dir / "summary.md", lambda tmp: Path(tmp).write_text(f"# Sweep {sweep_dir}\n\n{text}\n"))
         failed = sum(r.status != "ok" for r in runs)
         last_sweep.update(jobs=len(runs), failed=failed)
         print(
             f"\nsweep {sweep_dir}: {len(runs) - failed} of {len(runs)} jobs ok\n{text}\n"
-            "(also in summary.md and summary.csv)"
+            f"(also in summary.md and summary.csv{' and summary_seeds.csv' if groups else ''})"
         )
         best = best_run(runs)
         if best is not None:

@@ -6,6 +6,7 @@ import csv
 import html
 import io
 import re
+from collections.abc import Callable
 from typing import Any
 
 from convlab.app.runs import RunRecord, differing_keys, task_classes
@@ -44,26 +45,38 @@ def status_text(r: RunRecord) -> str:
     return r.status
 
 
-def table(runs: list[RunRecord]) -> list[dict[str, str]]:
-    """One row per run: job, differing overrides, status, best and final values, test values, cost."""
-    keys = differing_keys(runs)
+def metric_columns(runs: list[RunRecord]) -> dict[str, tuple[Callable[[RunRecord], Any], int]]:
+    """The columns of `table` that are measured, by header: (how to read one from a run, digits shown)."""
     best_name = next((r.summary["best"]["metric"] for r in runs if r.summary.get("best")), "best")
     # final-epoch and test values
     columns = dict.fromkeys(c for task in task_classes(runs) for c in task.report.columns)
     values = [c for c in columns if any(r.value(c) is not None for r in runs)]
+    return (
+        {f"best {best_name}": (lambda r: (r.summary.get("best") or {}).get("value"), 4)}
+        | {c if c.startswith("test/") else f"final {c}": (lambda r, c=c: r.value(c), 4) for c in values}
+        | {
+            "epochs": (lambda r: r.summary.get("epochs"), 1),
+            "wall s": (lambda r: r.summary.get("wall_time_s"), 1),
+            "images/s": (lambda r: r.summary.get("images_per_s"), 0),
+        }
+    )
+
+
+def table(runs: list[RunRecord]) -> list[dict[str, str]]:
+    """One row per run: job, differing overrides, status, best and final values, test values, cost."""
+    keys = differing_keys(runs)
+    metrics = metric_columns(runs)
     rows = []
     for r in runs:
         row = {"job": r.path.name.split("_", 1)[0] if re.match(r"\d+(_|$)", r.path.name) else r.path.name}
         row |= {k: r.overrides.get(k, "(default)") for k in keys}
         row["status"] = status_text(r)
-        row[f"best {best_name}"] = _fmt((r.summary.get("best") or {}).get("value"))
-        row |= {c if c.startswith("test/") else f"final {c}": _fmt(r.value(c)) for c in values}
+        row |= {header: _fmt(get(r), digits) for header, (get, digits) in metrics.items()}
+        images = row.pop("images/s")  # after the model's size, where the table has always shown it
         row |= {
-            "epochs": _fmt(r.summary.get("epochs")),
-            "wall s": _fmt(r.summary.get("wall_time_s"), 1),
             "parameters": f"{r.summary['parameters']:,}" if r.summary.get("parameters") else "",
             "MACs": f"{r.summary['macs']:,}" if r.summary.get("macs") else "",
-            "images/s": _fmt(r.summary.get("images_per_s"), 0),
+            "images/s": images,
         }
         rows.append(row)
     return rows

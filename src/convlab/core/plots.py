@@ -2,6 +2,10 @@
 
 Built with the object-oriented API (Figure, not pyplot): no display, no global figure
 registry to leak, and no backend switch imposed on a notebook that imports convlab.
+
+Sizes are chosen for TensorBoard, which scales an image down to its card (about 500 px wide):
+text of F points on a W-inch figure at 100 dpi shows about F·100/72 · 500/(100·W) pixels tall
+there, so F/W >= 1.3 keeps it at 9 px or more.
 """
 
 from __future__ import annotations
@@ -11,28 +15,52 @@ from collections.abc import Sequence
 import torch
 from matplotlib.figure import Figure
 
+CELL_TEXT_MAX = 20  # more classes than this: cells too small for numbers, the colours alone are drawn
+
 
 def confusion_figure(cm: torch.Tensor, class_names: Sequence[str]) -> Figure:
-    """A confusion-matrix heat map, rows normalised to recall, with counts in the cells."""
+    """A confusion-matrix heat map of recall per true class, with recall % and image count in each cell."""
     k = len(class_names)
     recall = cm / cm.sum(1, keepdim=True).clamp(min=1)
-    fig = Figure(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k), dpi=100)
+    side = 0.6 * min(max(k, 6), CELL_TEXT_MAX)  # 10 classes: 7.0 × 6.8 in, 700 × 680 px
+    fig = Figure(figsize=(1.0 + side, 0.8 + side), dpi=100)
     ax = fig.add_subplot()
-    ax.imshow(recall.numpy(), cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                int(cm[i, j]),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if recall[i, j] > 0.5 else "black",
-            )
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    shown = ax.imshow(recall.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if k <= CELL_TEXT_MAX:
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j, i, f"{recall[i, j]:.0%}\n{int(cm[i, j])}", ha="center", va="center", fontsize=9.5,
+                    linespacing=1.1, color="white" if recall[i, j] > 0.5 else "black",
+                )  # fmt: skip
+    labels = 10 if k <= CELL_TEXT_MAX else 6
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=labels)
+    ax.set_yticks(range(k), class_names, fontsize=labels)
+    ax.set_xlabel("predicted class", fontsize=11)
+    ax.set_ylabel("true class", fontsize=11)
+    cells = "cells: recall % and image count" if k <= CELL_TEXT_MAX else f"{k} classes: colours only"
+    ax.set_title(f"confusion matrix (test, rows = true class, row-normalised)\n{cells}", fontsize=11)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03, format=lambda v, _: f"{v:.0%}")
+    bar.set_label("recall (share of the true class)", fontsize=10)
+    bar.ax.tick_params(labelsize=9.5)
+    fig.tight_layout()
+    return fig
+
+
+def field_figure(field: torch.Tensor, title: str) -> Figure:
+    """An effective field (H, W) in [0, 1] as a heat map over input pixels, titled, with a colour bar."""
+    # NaN (weights of a diverged run) draws as unseen
+    pixels = field.detach().float().cpu().nan_to_num(0.0).clamp(0, 1).numpy()
+    fig = Figure(figsize=(5.0, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    # nearest, never smoothed: the gridding holes of a dilated network must stay visible
+    shown = ax.imshow(pixels, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel("x (input pixel)", fontsize=10)
+    ax.set_ylabel("y (input pixel)", fontsize=10)
+    ax.tick_params(labelsize=9)
+    ax.set_title(title, fontsize=10)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("mean |∂ centre unit / ∂ input|, normalised", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
     fig.tight_layout()
     return fig

@@ -106,6 +106,14 @@ class ImageDataset(ABC):
             self._splits["test"] = self._splits["val"] if x_test is None else (x_test, y_test)
         return self._splits
 
+    def info_from_config(self) -> DataInfo | None:
+        """The DataInfo the settings alone fix, without reading a file; None when only the loaded images tell."""
+        return None
+
+    def absent(self) -> str | None:
+        """Why the files are not on disk (nothing fetched to find out); None when they are, or there are none."""
+        return None
+
     @property
     def info(self) -> DataInfo:
         """Classes, channels and image size, taken from the loaded data."""

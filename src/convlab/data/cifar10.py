@@ -18,7 +18,7 @@ except ImportError:  # numpy 1
     from numpy.core import multiarray, numeric  # type: ignore[no-redef]
 
 from convlab.core.errors import ConvlabError
-from convlab.data.base import ImageDataset
+from convlab.data.base import DataInfo, ImageDataset
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -180,6 +180,17 @@ class CIFAR10(ImageDataset):
     def __init__(self, root: str = "data", download: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.root, self.download = Path(root), download
+
+    def info_from_config(self) -> DataInfo:
+        """Ten classes of 3×32×32 images: known without the files."""
+        return DataInfo(len(self.class_names), 3, IMAGE_SIZE, self.class_names, self.mean, self.std)
+
+    def absent(self) -> str | None:
+        """Why folder() would have to download the batches ("no folder ROOT/cifar-10-batches-py"); None if not."""
+        if self.root.exists() and not self.root.is_dir():
+            return None  # a file at data.root is a mistake, not absent data: folder() names it
+        present = self.root.name == FOLDER and self.root.is_dir() or (self.root / FOLDER).is_dir()
+        return None if present else f"no folder {(self.root / FOLDER).absolute()}"
 
     def folder(self) -> Path:
         """The batches folder; an existing local folder is used as is, without md5 checks."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from convlab.data.base import ImageDataset
+from convlab.data.base import DataInfo, ImageDataset
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 TEXTURES = ("solid", "striped")
@@ -96,6 +96,10 @@ class Synthetic(ImageDataset):
         super().__init__(**kwargs)
         self.num_train, self.num_test = num_train, num_test
         self.image_size, self.seed, self.noise = image_size, seed, noise
+
+    def info_from_config(self) -> DataInfo:
+        """Ten classes of 3×S×S images, S = image_size: known without generating them."""
+        return DataInfo(len(self.class_names), 3, self.image_size, self.class_names, self.mean, self.std)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generate the train and test images from two seeds derived from `seed`."""

@@ -5,18 +5,22 @@ multiply-add (MACs = FLOPs / 2), on one image; it counts what actually runs, so 
 im2col convolution (a batched matmul) and the shift (slicing: none) are counted like the rest.
 The theoretical receptive field of each layer follows the main path: r += d·(k-1)·jump,
 jump *= stride. The effective field (Luo et al. 2016) is the mean |∂ centre unit / ∂ input|
-over real images, drawn as a heatmap: it shows what the network actually sees, holes included.
+over real images, drawn as a heat map over input pixels (core/plots.py): it shows what the network
+actually sees, holes included.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from convlab.models.layers import ConvBNAct, GroupedConv, ManualConv2d, SeparableConv, Shift, ShiftConv
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ROWS = (ConvBNAct, nn.Conv2d, Shift, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 KIND_NAMES = {SeparableConv: "separable", GroupedConv: "grouped", ShiftConv: "shift"}
@@ -127,26 +131,23 @@ def field_layer(table: dict[str, Any]) -> str:
     return spatial[-1]["name"]
 
 
-def field_of(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """The effective field of `model`'s last spatial layer over `images` (N, C, H, W), and that layer's name."""
-    layer = field_layer(layer_table(model, tuple(images.shape[1:])))
+def field_of(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, str, dict[str, Any]]:
+    """The effective field of `model`'s last spatial layer over `images` (N, C, H, W), that layer, and the table."""
+    table = layer_table(model, tuple(images.shape[1:]))
+    layer = field_layer(table)
     with torch.enable_grad():
-        return effective_field(model, images, layer), layer
+        return effective_field(model, images, layer), layer, table
 
 
-# A perceptually ordered dark-to-bright ramp (magma's anchors): the field needs no matplotlib to be drawn.
-RAMP = (
-    torch.tensor([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=torch.float32) / 255
-)
+def field_image(field: torch.Tensor, layer: str, table: dict[str, Any]) -> Figure:
+    """The field as a figure titled with `layer`, its theoretical receptive field and the extent measured."""
+    from convlab.core.plots import field_figure  # matplotlib costs ~0.7 s to import: only when a field is drawn
 
-
-def field_image(field: torch.Tensor, scale: int = 8) -> torch.Tensor:
-    """A field (H, W) in [0, 1] as an RGB picture (3, H·scale, W·scale) in [0, 1]: dark = unseen, bright = strongest."""
-    # NaN (weights of a diverged run) draws as unseen rather than indexing the ramp with garbage
-    pos = field.detach().float().cpu().nan_to_num(0.0).clamp(0, 1) * (len(RAMP) - 1)
-    low = pos.floor().long().clamp(max=len(RAMP) - 2)
-    rgb = torch.lerp(RAMP[low], RAMP[low + 1], (pos - low)[..., None])  # (H, W, 3)
-    return rgb.permute(2, 0, 1).repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    rf = next(r["receptive_field"] for r in table["layers"] if r["name"] == layer)
+    e = field_extent(field)
+    holes = f", {e['holes']} holes (gridding)" if e["holes"] else ", no holes"
+    title = f"effective field of {layer}\ntheoretical {rf}×{rf} pixels, measured {e['size'][0]}×{e['size'][1]}{holes}"
+    return field_figure(field, title)
 
 
 def field_extent(field: torch.Tensor) -> dict[str, Any]:

@@ -46,6 +46,8 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         p = p / LAST if p.name == CKPT_DIR and (p / LAST).exists() else p / CKPT_DIR / LAST
+    if Path(path).is_dir() and (Path(path) / "multirun.yaml").is_file():
+        raise ConvlabError(f"{path} is a sweep folder: continue the sweep with: convlab train -m resume={path}")
     if not p.is_file():  # also refuses FIFOs and devices, which could block or never end
         raise ConvlabError(
             f"checkpoint {path} not found (expected a .pt file or a run directory holding {CKPT_DIR}/last.pt)"

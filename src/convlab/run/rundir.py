@@ -51,9 +51,9 @@ def hydra_quote(value: str) -> str:
     return "'" + escaped.replace("'", "\\'") + "'"
 
 
-def resume_command(folder: Path | str) -> str:
-    """The shell command that continues the run in `folder`, quoted for both the shell and Hydra."""
-    return f"convlab train {shlex.quote('resume=' + hydra_quote(str(folder)))}"
+def resume_command(folder: Path | str, sweep: bool = False) -> str:
+    """The shell command that continues the run (or the -m sweep) in `folder`, quoted for both the shell and Hydra."""
+    return f"convlab train {'-m ' * sweep}{shlex.quote('resume=' + hydra_quote(str(folder)))}"
 
 
 @dataclass(frozen=True)

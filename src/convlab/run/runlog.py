@@ -227,19 +227,11 @@ class RunLogger:
         self._flush()
 
     @_critical
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Hyperparameters and final metrics for the HPARAMS tab, inside this run's own event file.
-
-        SummaryWriter.add_hparams would open a sub-run; writing the three hparams summaries
-        through this writer keeps them beside the run's scalars.
-        """
+    def log_hparams(self, summaries: list[Any]) -> None:
+        """HPARAMS summaries (convlab.run.hparams) inside this run's own event file, not a sub-run as add_hparams."""
         if not self.enabled:
             return
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
-        finite = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        for summary in hparams_summary(clean, finite):
+        for summary in summaries:
             self.writer.file_writer.add_summary(summary)
         self._flush()
 

@@ -21,10 +21,10 @@ from convlab.core.build import build, resolve_device, to_dict
 from convlab.core.errors import ConfigError, ConvlabError, Diverged
 from convlab.core.io import FULL, WriteError
 from convlab.core.perf import Precision, keep_freed_memory, resolve_speed_settings
-from convlab.run import distributed, resume
+from convlab.run import distributed, hparams, resume
 from convlab.run.prepare import Prepared, prepare_config
 from convlab.run.rundir import RunDir, resume_command
-from convlab.run.runlog import RunLogger, flatten
+from convlab.run.runlog import RunLogger
 from convlab.run.trainer import Trainer, TrainerSettings
 from convlab.tasks.base import Task, numbers_only
 
@@ -40,13 +40,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic  # autotuned conv kernels (CUDA only)
-
-
-def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config as flat hyperparameters for TensorBoard, `_target_`s and paths of the run left out."""
-    flat = flatten({k: v for k, v in cfg.items() if k not in ("out_dir", "resume")})
-    hp = {k.removesuffix("/name"): v for k, v in flat.items() if not k.rsplit("/", 1)[-1].startswith("_")}
-    return {k: str(v) if isinstance(v, (list, type(None))) else v for k, v in hp.items()}
 
 
 @dataclasses.dataclass
@@ -166,11 +159,14 @@ def _assemble(job: Prepared, write: bool, rank: int, local_rank: int, world_size
     )
 
 
-def train(job: DictConfig | Prepared, command: str | None = None) -> dict[str, Any]:
+def train(
+    job: DictConfig | Prepared, command: str | None = None, swept: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run one training job; returns the summary also written to summary.json.
 
     `job` is a prepared run (`run.prepare`), or a composed config, prepared (and released) here.
-    `command` is what the user typed, for the run's TensorBoard text and summary. Resuming a
+    `command` is what the user typed, for the run's TensorBoard text and summary; `swept` the values
+    of the keys its sweep varies (shown first in TensorBoard's HPARAMS). Resuming a
     finished run (or one that stopped early) changes nothing and returns its summary. However the
     job ends (Ctrl-C, SIGTERM, an error), summary.json is left saying so, never "running".
     """
@@ -182,7 +178,7 @@ def train(job: DictConfig | Prepared, command: str | None = None) -> dict[str, A
             if job.finished:
                 log.info("%s; nothing to do", resume.finished_text(job.plan))
                 return resume.finished_summary(job.plan)
-            return _run(setup(job), job.plan, command or _hydra_command())
+            return _run(setup(job), job.plan, command or _hydra_command(), swept or {})
         finally:
             if owned:
                 job.release()
@@ -197,7 +193,7 @@ def _hydra_command() -> str:
     return shlex.join(["convlab", "train", *HydraConfig.get().overrides.task])
 
 
-def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
+def _run(run: Run, plan: resume.Plan | None, command: str, swept: dict[str, Any]) -> dict[str, Any]:
     """Fit the run; however it ends, its summary.json says how (never "running")."""
     started = time.perf_counter()
     cfg, trainer, task = run.cfg, run.trainer, run.task
@@ -217,7 +213,7 @@ def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
     if plan and plan.run_dir is None:
         summary["branched_from"] = {"checkpoint": str(plan.checkpoint), "epoch": plan.state["epoch"]}
     try:
-        return _fit(run, summary, started)
+        return _fit(run, summary, started, swept)
     except BaseException as e:
         status = (
             "interrupted" if isinstance(e, KeyboardInterrupt) else "diverged" if isinstance(e, Diverged) else "failed"
@@ -228,6 +224,9 @@ def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
         with contextlib.suppress(Exception):  # a deleted run folder, say: the error itself still reaches the user
             run.write_summary(summary | ended, last_resort=True)
         with contextlib.suppress(Exception):
+            if status != "interrupted":  # an interrupted run goes on when resumed: TensorBoard keeps it running
+                run.logger.log_hparams([hparams.end(status)])
+        with contextlib.suppress(Exception):
             run.logger.close()
         if isinstance(e, WriteError) and "resume" in ended:  # the run can go on from its last checkpoint
             then = "free some space, then continue" if e.errno in FULL else "continue"
@@ -235,7 +234,7 @@ def _run(run: Run, plan: resume.Plan | None, command: str) -> dict[str, Any]:
         raise
 
 
-def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
+def _fit(run: Run, summary: dict[str, Any], started: float, swept: dict[str, Any]) -> dict[str, Any]:
     """Train, test and write the final summary and hparams."""
     cfg, trainer, logger, task = run.cfg, run.trainer, run.logger, run.task
     run.write_summary(summary)
@@ -247,6 +246,8 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
              summary["model"], summary["data"], f"{summary['parameters']:,}", macs, sizes,
              run.device, threads, task.precision.describe(), cfg.out_dir)  # fmt: skip
     logger.describe_run(summary["command"], trainer.meta["config"], task.charts, trainer.epoch)
+    chosen = hparams.choose(trainer.meta["config"], swept, task.precision.kind)
+    logger.log_hparams(hparams.start(chosen, set(swept), list(task.hparam_metrics)))  # shown as running from now
     test = trainer.fit()
     checksums = trainer.checksums
     final = trainer.history[-1] if trainer.history else {}
@@ -294,10 +295,7 @@ def _fit(run: Run, summary: dict[str, Any], started: float) -> dict[str, Any]:
         "wall_time_s": (run.state["elapsed"] if run.state else 0.0) + time.perf_counter() - started,
         "ended": datetime.now().isoformat(timespec="milliseconds"),
     }
-    scalars = {k: v for k, v in final.items() if k.startswith(("train/", "val/"))}
-    logger.log_hparams(
-        hparams_of(trainer.meta["config"]), scalars | {f"test/{k}": v for k, v in test.items() if isinstance(v, float)}
-    )
+    logger.log_hparams([hparams.end("ok")])
     run.write_summary(summary)
     logger.close()
     best = trainer.best

@@ -46,6 +46,17 @@ AUGMENTS = ("crop_padding", "flip")
 GROUPS = ("optim", "sched", "data", "model", "task", "gan", "hydra")  # their keys are checked when present
 _DEFERRED = object()  # a ${hydra:...} value that Hydra fills in when it runs
 
+
+def auto_or(check: Check) -> Check:
+    """`auto`, or what `check` allows."""
+
+    def check_or_auto(v: Any) -> str | None:
+        allowed = None if v == "auto" else check(v)
+        return allowed and allowed.replace("expected ", "expected auto or ", 1)
+
+    return check_or_auto
+
+
 TRAIN: dict[str, Check] = {
     "epochs": integer(1),
     "batch_size": integer(1),
@@ -53,10 +64,11 @@ TRAIN: dict[str, Check] = {
     "device": device,
     "deterministic": flag,
     "resume": optional(file_path()),
+    "rerun_failed": optional(flag),  # optional: configs saved before it existed lack it
     "out_dir": file_path(RUN_FILES),  # run folders: room left for the files a run writes inside
     "hydra.run.dir": file_path(RUN_FILES),
     "hydra.sweep.dir": file_path(2 * RUN_FILES),  # and a job's folder inside
-    "trainer.log_every": integer(1),
+    "trainer.log_every": auto_or(integer(1)),  # auto: 21 to 40 step points an epoch (convlab.run.steplog)
     "trainer.eval_every": integer(1),
     "trainer.devices": integer(1),
     "trainer.stop_after": optional(integer(1)),

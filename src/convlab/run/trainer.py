@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from convlab.run.checkpoint import load_checkpoint, rng_state, save_checkpoint, 
 from convlab.run.distributed import all_reduce, gather
 from convlab.run.rundir import RunDir
 from convlab.run.runlog import RunLogger
+from convlab.run.steplog import StepLog, resolve_log_every
 from convlab.run.stopping import EarlyStop
 from convlab.tasks.base import Task
 
@@ -37,7 +38,7 @@ class TrainerSettings:
     """The training loop's run-wide settings: the config's `epochs` and `trainer` section, and this process's place."""
 
     epochs: int
-    log_every: int = 50  # steps between reads of the device (progress bar, step curves)
+    log_every: int | str = "auto"  # steps between step-curve points; the Trainer resolves auto to a number
     eval_every: int = 1  # epochs between validation passes
     memory_format: torch.memory_format = torch.contiguous_format  # of the images fed to the models
     stop_after: int | None = None  # end the session after this many epochs, for resume= to continue
@@ -72,8 +73,9 @@ class Trainer:
 
     `meta` (the config, the data's shape) goes into every checkpoint, so `convlab eval`
     and `convlab sample` can rebuild the run from the checkpoint alone. Every `log_every` steps the
-    running sums are read from the device once; that read feeds the progress bar and the step
-    curves (step/train/..., step/lr) on the global-step axis. Per-epoch values use the epoch axis.
+    running sums make a step point (step/train/..., step/lr, on the global-step axis); the points
+    are read from the device together, rarely (StepLog), and that read feeds the progress bar.
+    Per-epoch values use the epoch axis.
     """
 
     def __init__(
@@ -87,11 +89,13 @@ class Trainer:
         settings: TrainerSettings,
     ) -> None:
         self.task, self.loaders, self.logger, self.device = task, loaders, logger, device
-        self.settings, self.run_dir, self.meta = settings, run_dir, meta
+        self.run_dir, self.meta = run_dir, meta
         # Under DDP every rank trains on its shard; rank 0 alone evaluates, logs and saves.
         self.is_main = settings.rank == 0
         self.epoch, self.history, self.elapsed = 0, [], 0.0
         self.steps_per_epoch = min(len(loaders["train"]), settings.limit_train_batches or len(loaders["train"]))
+        # log_every=auto follows the epoch's length (after limit_train_batches): resolved once, here.
+        self.settings = replace(settings, log_every=resolve_log_every(settings.log_every, self.steps_per_epoch))
         self.stopped = False  # the session ended at stop_after
         metric, mode = task.monitor
         self.best: dict[str, Any] = {"metric": f"val/{metric}", "mode": mode, "value": None, "epoch": None}
@@ -226,7 +230,7 @@ class Trainer:
         counts: dict[str, int] = {}  # per key: a task may report some values on some steps only
         bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # first step with a NaN/Inf, 0 if none
         seen = timed = step = 0
-        last: dict[str, tuple[float, float]] = {}  # (sum, count) per key at the previous read
+        steplog = StepLog(self.settings.log_every)
         start = time.perf_counter()
         bar = self.logger.progress(
             loader, min(len(loader), max_steps or len(loader)), f"epoch {epoch}/{self.settings.epochs}"
@@ -235,7 +239,7 @@ class Trainer:
             n = batch[0].shape[0]
             out = self.task.train_step(batch)
             for key, value in out.items():
-                sums[key] = sums[key] + value * n if key in sums else value * n
+                sums[key] = sums[key] + value * n if key in sums else value * n  # out of place: StepLog keeps refs
                 counts[key] = counts.get(key, 0) + n
             finite = torch.stack([v.isfinite() for v in out.values()]).all()
             bad_step = torch.where(finite | (bad_step > 0), bad_step, step)  # stays on the device: no sync
@@ -246,21 +250,22 @@ class Trainer:
                 timed_start = time.perf_counter()
             else:
                 timed += n
-            # Reading a device value waits for the device: do it once per log interval, not per step.
-            if step % self.settings.log_every == 0:
-                totals = self._read(sums, counts, bad_step, epoch)
-                self._log_step(epoch, step, totals, last)
-                last = totals
+            if step % steplog.log_every == 0:
+                steplog.mark(step, sums, counts, self.task.scalars())  # on the device: no sync
+            # Reading a device value waits for the device: the points are read together, every read_every steps.
+            if step % steplog.read_every == 0:
+                self._read(steplog, epoch, bad_step)
                 bar.set_postfix(
-                    {k: f"{s / c:.4g}" for k, (s, c) in totals.items()}
+                    {k: f"{s / c:.4g}" for k, (s, c) in steplog.totals.items()}
                     | {"img/s": f"{timed / (time.perf_counter() - timed_start):.0f}"}
                 )
             if step == max_steps:
                 break
-        totals = self._read(sums, counts, bad_step, epoch)  # waits for the device
-        if step % self.settings.log_every:
-            self._log_step(epoch, step, totals, last)  # the epoch's steps after its last full interval
-        means = {k: s / c for k, (s, c) in totals.items()}
+        if step % steplog.log_every:
+            steplog.mark(step, sums, counts, self.task.scalars())  # the epoch's steps after its last full interval
+        if steplog.read_at != step:
+            self._read(steplog, epoch, bad_step)  # waits for the device
+        means = {k: s / c for k, (s, c) in steplog.totals.items()}
         end = time.perf_counter()
         rate = timed / (end - timed_start) if timed else seen / (end - start)
         # Every rank trains its equal shard at the same time: the run's rate is world_size times one rank's.
@@ -270,32 +275,17 @@ class Trainer:
             "perf/first_step_s": first_step_s,
         }
 
-    def _read(
-        self, sums: dict[str, torch.Tensor], counts: dict[str, int], bad_step: torch.Tensor, epoch: int
-    ) -> dict[str, tuple[float, float]]:
-        """All ranks' (sum, count) per key so far in one device read; stops the run at the first NaN/Inf a rank saw."""
-        keys = list(sums)
-        totals = all_reduce(
-            torch.stack([sums[k] for k in keys] + [torch.tensor(float(counts[k]), device=self.device) for k in keys])
-        )
-        bad = all_reduce(bad_step, op="max")  # the first bad step of whichever rank met one
-        *flat, bad = torch.cat([totals, bad.to(totals.dtype).view(1)]).tolist()  # the one read
-        out = {k: (flat[i], flat[len(keys) + i]) for i, k in enumerate(keys)}
+    def _read(self, steplog: StepLog, epoch: int, bad_step: torch.Tensor) -> None:
+        """Write the pending step points (one device read, all ranks); stop the run at the first NaN/Inf a rank saw."""
+        read, bad = steplog.read(bad_step)
+        first = (epoch - 1) * self.steps_per_epoch
+        for step, values in read:
+            if not bad or step < bad:  # the curve up to a divergence, as when each point was read on its own
+                self.logger.log_steps(first + step, values)
         if bad:
-            values = ", ".join(f"train/{k} = {s / c}" for k, (s, c) in out.items() if not math.isfinite(s / c))
-            raise self._diverged(f"epoch {epoch} at step {int(bad)}: {values}")
-        return out
-
-    def _log_step(
-        self, epoch: int, step: int, totals: dict[str, tuple[float, float]], last: dict[str, tuple[float, float]]
-    ) -> None:
-        """Step curves: each value's mean over the steps since the previous point, and the learning rate(s) now."""
-        values = {}
-        for key, (s, c) in totals.items():
-            s0, c0 = last.get(key, (0.0, 0.0))
-            if c > c0:  # a value reported on some steps only (a GAN's G loss, every d_steps) may have none since
-                values[f"train/{key}"] = (s - s0) / (c - c0)
-        self.logger.log_steps((epoch - 1) * self.steps_per_epoch + step, values | self.task.scalars())
+            means = {k: s / c for k, (s, c) in steplog.totals.items()}
+            values = ", ".join(f"train/{k} = {v}" for k, v in means.items() if not math.isfinite(v))
+            raise self._diverged(f"epoch {epoch} at step {bad}: {values}")
 
     def _check_finite(self, row: dict[str, Any]) -> None:
         """A non-finite train or validation value ends the run as diverged, naming the epoch and the value."""

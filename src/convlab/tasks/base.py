@@ -80,6 +80,8 @@ class Task(ABC):
     inspectable: bool = False  # its main model maps images to class scores: convlab inspect can tabulate it
     metric_names: dict[str, str] = {}  # how convlab eval prints a metric ("acc": "accuracy"); others by their key
     report: Report = Report()
+    # the metric columns of TensorBoard's HPARAMS tab (scalar tags the run writes)
+    hparam_metrics: tuple[str, ...] = ("val/loss", "test/loss")
 
     def __init__(self, model: dict, optim: dict, sched: dict, info: DataInfo, device: torch.device,
                  total_steps: int, steps_per_epoch: int, precision: Precision | None = None) -> None:  # fmt: skip

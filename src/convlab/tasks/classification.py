@@ -20,6 +20,7 @@ class ClassificationTask(Task):
     kind = "classifier"
     inspectable = True
     metric_names = {"loss": "loss", "acc": "accuracy"}
+    hparam_metrics = ("val/acc", "val/loss", "test/acc")
     report = Report(
         columns=("val/acc", "test/acc"),
         curves=(("train/loss", "train loss"), ("val/loss", "validation loss"),
@@ -67,8 +68,8 @@ class ClassificationTask(Task):
     def evaluate(self, loader: Iterable, final: bool = False) -> dict[str, Any]:
         """Mean loss and accuracy; with `final`, per-class accuracy, the confusion matrix and the figures.
 
-        The final figures: the confusion matrix (a matplotlib Figure), and the effective receptive
-        field of the last spatial layer over the first 32 images (a picture; convlab.models.analysis).
+        The final figures (matplotlib Figures): the confusion matrix, and the effective receptive
+        field of the last spatial layer over the first 32 images (convlab.models.analysis).
         """
         self.train(False)
         k = self.info.num_classes
@@ -95,8 +96,6 @@ class ClassificationTask(Task):
 
             result["figures"] = {
                 "confusion_matrix": confusion_figure(cm, self.info.class_names),
-                "effective_field": field_image(
-                    field_of(self.model, first)[0]
-                ),  # a picture (3, H, W), drawn without matplotlib
+                "effective_field": field_image(*field_of(self.model, first)),
             }
         return result

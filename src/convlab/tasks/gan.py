@@ -47,6 +47,7 @@ class GANTask(Task):
         "FID": ["val/fid"],
     }
     kind = "GAN"
+    hparam_metrics = ("val/fid", "test/fid", "train/loss/D", "train/loss/G")
     main_model = "generator"
     samples = True
     report = Report(
