@@ -11,7 +11,7 @@ from convlab.core.plots import confusion_figure
 from convlab.models.analysis import effective_field, field_image, layer_table
 from convlab.models.hdc import HDCNet
 
-CARD = 500  # about how wide TensorBoard shows an image, scaling a wider one down
+CARD = 370  # how wide TensorBoard 2.21 shows an image in its IMAGES cards, scaling a wider one down
 
 
 def pixels(fig: Figure) -> tuple[int, int]:
@@ -32,10 +32,11 @@ def test_confusion_matrix_is_titled_and_legible_at_card_width() -> None:
     fig = confusion_figure(cm, names)
     assert pixels(fig) == (700, 680)  # report.py's confusion.png keeps its size
     ax, bar = fig.axes
-    assert ax.get_title().startswith("confusion matrix (test, rows = true class, row-normalised)")
+    assert ax.get_title() == "confusion matrix: recall %, rows = true class"
     assert bar.get_ylabel() == "recall (share of the true class)"
     cells = ax.texts
-    assert len(cells) == 100 and cells[0].get_text() == f"{cm[0, 0] / cm[0].sum():.0%}\n{int(cm[0, 0])}"
+    assert len(cells) == 100 and cells[0].get_text() == f"{cm[0, 0] / cm[0].sum() * 100:.0f}"
+    assert ax.get_yticklabels()[3].get_text() == f"cat ({int(cm[3].sum())})"  # each true class's image count
     labels = [t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()]
     assert min(shown_px(fig, size) for size in [cells[0].get_fontsize(), *labels]) >= 9
 

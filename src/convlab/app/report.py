@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig
 
 from convlab.app.runs import RunRecord, find_runs, task_classes
@@ -31,8 +32,19 @@ def _panel_grid(panels: tuple[tuple[str, str], ...]) -> tuple[Figure, list[Axes]
     for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     return fig, axes
+
+
+def _finish(fig: Figure, axes: list[Axes]) -> Figure:
+    """The legend in the first panel; a single epoch shown as a tick at 1, not as fractions of an epoch around it."""
+    for ax in axes:
+        if ax.get_xlim()[1] < 2:
+            ax.set_xlim(0.5, 1.5)
+    fig.axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) -> Figure:
@@ -43,9 +55,7 @@ def curves_figure(runs: list[RunRecord], panels: tuple[tuple[str, str], ...]) ->
             points = [(row["epoch"], row[key]) for row in r.history if key in row]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=r.label)  # (epochs, values)
-    fig.axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes)
 
 
 def seed_curves_figure(groups: list[SeedGroup], panels: tuple[tuple[str, str], ...]) -> Figure:
@@ -62,9 +72,9 @@ def seed_curves_figure(groups: list[SeedGroup], panels: tuple[tuple[str, str], .
                 low = [m - d for m, d in zip(means, spread, strict=True)]
                 high = [m + d for m, d in zip(means, spread, strict=True)]
                 ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
-    fig.axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+                if len(epochs) == 1:  # a band needs two epochs: an error bar shows the spread of one
+                    ax.errorbar(epochs, means, yerr=spread, fmt="none", ecolor=line.get_color(), capsize=4)
+    return _finish(fig, axes)
 
 
 def accuracy_bars(runs: list[RunRecord], key: str = "acc", label: str = "test accuracy") -> Figure:
