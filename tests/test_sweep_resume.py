@@ -193,18 +193,53 @@ def test_a_resumed_sweep_refuses_what_is_not_its_sweep(small_sweep: Path, capsys
         capsys, "train", "-m", f"resume={small_sweep}"
     )
     shutil.rmtree(small_sweep / "7_optim.lr=0.9")
-    for bad in ["- just\n- a list\n", "hydra: {overrides: {task: [1, 2], hydra: []}}\n", "\x00\x01 not yaml: [\n"]:
-        (small_sweep / "multirun.yaml").write_text(bad)
-        assert "is not a sweep record Hydra wrote" in _refusal(capsys, "train", "-m", f"resume={small_sweep}")
+    # links: a job folder, or a file Hydra or convlab would write through, elsewhere
+    elsewhere = small_sweep.parent / f"{small_sweep.name}-elsewhere"
+    shutil.move(small_sweep / "1_optim.lr=0.05", elsewhere)
+    (small_sweep / "1_optim.lr=0.05").symlink_to(elsewhere)
+    assert "1_optim.lr=0.05 is a link, not a job folder" in _refusal(capsys, "train", "-m", f"resume={small_sweep}")
+    (small_sweep / "1_optim.lr=0.05").unlink()
+    shutil.move(elsewhere, small_sweep / "1_optim.lr=0.05")
+    log = small_sweep / "1_optim.lr=0.05" / "train.log"
+    log.rename(elsewhere)
+    log.symlink_to(elsewhere)
+    assert "train.log is a symbolic link" in _refusal(capsys, "train", "-m", f"resume={small_sweep}")
+    log.unlink()
+    elsewhere.rename(log)
+    record = small_sweep / sweeps.RECORD
+    kept = record.read_text()
+    for bad in ["- just\n- a list\n", "task: [1, 2]\nhydra: []\n", "\x00\x01 not yaml: [\n", "x" * (2 << 20)]:
+        record.write_text(bad)
+        line = _refusal(capsys, "train", "-m", f"resume={small_sweep}")
+        assert "is not a sweep record convlab or Hydra wrote" in line
+    for smuggled in ["hydra.sweep.subdir=/tmp/out", "resume=/tmp/some/run", "+hydra.callbacks.x={_target_:os.system}"]:
+        record.write_text(yaml.safe_dump({"task": ["optim.lr=0.01,0.05", smuggled], "hydra": []}))
+        line = _refusal(capsys, "train", "-m", f"resume={small_sweep}")
+        assert f"names '{smuggled}', which no sweep's record holds" in line
+    record.write_text(kept)
+    line = _refusal(capsys, "train", "-m", f"resume={small_sweep}", f"hydra.sweep.dir={small_sweep.parent}")
+    assert "continues that sweep in its own folder; drop hydra.sweep.dir=" in line
+    assert "rerun_failed=true is for a sweep continued" in _refusal(capsys, "train", *TINY, "rerun_failed=true")
     summaries = sorted(small_sweep.glob("*/summary.json"))
     assert len(summaries) == 2 and all(json.loads(p.read_text())["status"] == "ok" for p in summaries)
 
 
-def test_the_original_command_with_resume_continues_a_finished_sweep_without_training(small_sweep: Path) -> None:
-    before = {p: p.read_bytes() for p in small_sweep.glob("*/summary.json")}
+def _job_files(sweep: Path) -> dict[Path, tuple[bytes, int]]:
+    """Every file of the sweep's jobs but their logs (a resume notes itself there): its bytes and modification time."""
+    files = [p for job in sweep.glob("[0-9]*") for p in job.rglob("*") if p.is_file() and p.suffix != ".log"]
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+def test_resuming_a_finished_sweep_rewrites_nothing(small_sweep: Path) -> None:
+    before = _job_files(small_sweep)
     with pytest.MonkeyPatch.context() as mp:
-        code = _main(mp, "train", "-m", *TINY, "epochs=1", "optim.lr=0.01,0.05", f"resume={small_sweep}")
-    assert code == 0 and {p: p.read_bytes() for p in before} == before
+        # the original command retyped, part of it, with this session's device: nothing of the jobs changes
+        code = _main(mp, "train", "-m", *TINY, "epochs=1", "optim.lr=0.01,0.05", f"resume={small_sweep}", "device=cpu")
+        assert code == 0 and _main(mp, "train", "-m", "data.num_train=200", f"resume={small_sweep}") == 0
+        (small_sweep / sweeps.RECORD).unlink()  # a sweep of an older convlab: Hydra's multirun.yaml is its record
+        assert _main(mp, "train", "-m", f"resume={small_sweep}") == 0
+    assert _job_files(small_sweep) == before and len(before) > 10
+    assert sorted(p.name for p in small_sweep.iterdir() if p.is_dir()) == ["0_optim.lr=0.01", "1_optim.lr=0.05"]
 
 
 @pytest.mark.slow  # 40 s: a joblib launcher's workers start fresh interpreters

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from convlab.app import __version__
 from convlab.app.commands import COMMANDS, PREPARED, TYPED, user_errors
-from convlab.core.errors import ConvlabError, Terminated
+from convlab.core.errors import ConfigError, ConvlabError, Terminated
 from convlab.run.compose import preflight
 
 # user_errors and the subcommands live in convlab.app.commands; they stay importable from here.
@@ -67,16 +67,19 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
     """
     from convlab.run import rundir
 
+    if _resuming_sweep(args):
+        return _resume_sweep(args, Path(_value(args, "resume", None)).absolute()), None
     if first is None:  # --cfg, --help and friends write no run
         return args, None
+    if _value(args, "rerun_failed", "False") == "True":
+        raise ConfigError("rerun_failed=true is for a sweep continued: convlab train -m resume=DIR rerun_failed=true")
     multirun = "-m" in args or "--multirun" in args or first.hydra.mode == RunMode.MULTIRUN
     if multirun:
         from convlab.run import sweeps
 
-        if _value(args, "resume", None) is not None:
-            return _resume_sweep(args, Path(_value(args, "resume", None)).absolute()), None
         folder = Path(_value(args, "hydra.sweep.dir", None) or OmegaConf.select(first, "hydra.sweep.dir"))
         CLAIMS.append(rundir.claim(folder, explicit=_value(args, "hydra.sweep.dir", None) is not None, sweep=True))
+        sweeps.write_record(CLAIMS[-1].folder, args)  # what `-m resume=` continues, whatever Hydra rewrites later
         return [a for a in args if not a.startswith("hydra.sweep.dir=")] + [
             f"hydra.sweep.dir={rundir.hydra_quote(str(CLAIMS[-1].folder))}",
             *sweeps.naming(args, first),
@@ -101,6 +104,12 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
         f"hydra.run.dir={rundir.hydra_quote(job.cfg.out_dir)}",
         *kept,
     ], None
+
+
+def _resuming_sweep(args: list[str]) -> bool:
+    """`convlab train -m resume=SWEEP_DIR [...]`: checked against the sweep's own config, not the default one."""
+    flags = [a for a in args if a.startswith("-")]
+    return bool(flags) and set(flags) <= {"-m", "--multirun"} and _value(args, "resume", None) is not None
 
 
 def _resume_sweep(args: list[str], folder: Path) -> list[str]:
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     if name == "report":
         args = _paths_override(args)
     try:
-        first = preflight(name, args)
+        first = None if name == "train" and _resuming_sweep(args) else preflight(name, args)
         if name == "train":
             args, code = _prepare_train(args, first)
             if code is not None:

@@ -24,11 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from convlab.core.errors import ConvlabError, Terminated
 from convlab.core.io import write_atomic
 from convlab.run import sweeps
-from convlab.run.sweeps import job_name
+from convlab.run.sweeps import hydra_subdir, job_name
 
 log = logging.getLogger("convlab")
 # Sweep job folders: number and differing overrides, cut to stay valid names (conf/train.yaml, run/sweeps.py).
 OmegaConf.register_new_resolver("convlab_job", job_name, replace=True)
+OmegaConf.register_new_resolver("convlab_hydra_subdir", hydra_subdir, replace=True)
 CONF = "pkg://convlab.conf"
 
 PREPARED: list = []  # the run this process prepared before Hydra started (released likewise at exit)

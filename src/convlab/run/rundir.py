@@ -236,7 +236,8 @@ class Claim:
             return
         for entry in self.folder.iterdir():
             if entry.name not in self.before and (
-                entry.name in (".hydra", "train.log", LOCK_NAME) or entry.name.startswith("events.out.tfevents.")
+                entry.name in (".hydra", "train.log", LOCK_NAME, "sweep.yaml")
+                or entry.name.startswith("events.out.tfevents.")
             ):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)

@@ -5,10 +5,12 @@ hydra.sweeper.params first, then the command line's); convlab computes the same 
 - a job folder is named by its number and the overrides that differ between jobs
   (`3_model=hdc,optim.lr=0.01`): the keys every job shares join Hydra's override_dirname exclusions;
 - TensorBoard's HPARAMS shows the swept keys first (each job reads them back: `swept_values`);
-- `convlab train -m resume=SWEEP_DIR` recomposes the sweep from its multirun.yaml, checks that
+- `convlab train -m resume=SWEEP_DIR` recomposes the sweep from its record (sweep.yaml, written
+  when the sweep started and never rewritten; Hydra's multirun.yaml for older sweeps), checks that
   each job folder holds the job of that number, and marks the sweep resumed for its jobs
-  (`RESUMED`): a finished job is kept, an interrupted one continues from its last.pt, a job that
-  never started runs, a failed or diverged one runs again (its folder kept aside) with rerun_failed=true.
+  (`RESUMED`): a finished job is kept (Hydra writes nothing into it: `hydra_subdir`), an interrupted
+  one continues from its last.pt, a job that never started runs, a failed or diverged one runs
+  again (its folder kept aside) with rerun_failed=true.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ RESUMED = "CONVLAB_RESUMED_SWEEP"  # env: the sweep folder being resumed (inheri
 # Keys a resumed sweep may set anew: where and how long it runs (resume.MAY_CHANGE), where its data lives,
 # what it re-runs. Spelt out: this module is imported at start-up, resume.py imports torch.
 RESUME_MAY_SET = ("device", "trainer.devices", "trainer.stop_after", "data.root", "data.cache_dir", "rerun_failed")
+RECORD = "sweep.yaml"  # the sweep as first launched: what `-m resume=` continues
 KEPT_ASIDE = ".replaced"  # failed jobs run again leave their folder here (TensorBoard still finds it)
-MAX_RECORD = 1 << 20  # bytes of multirun.yaml read: Hydra's record of a sweep is a few kB
+MAX_RECORD = 1 << 20  # bytes of a sweep's record or a job's overrides.yaml: Hydra's are a few kB
 ENDED = ("ok", "failed", "diverged")
 JOB = re.compile(r"(\d+)(?:_|$)")
 
@@ -73,10 +76,14 @@ def jobs_of(args: list[str], first: DictConfig) -> list[dict[str, str]] | None:
 def naming(args: list[str], first: DictConfig) -> list[str]:
     """The Hydra override that names each job folder by its number and the overrides that differ between jobs."""
     jobs = jobs_of(args, first)
-    if not jobs:
-        return []
-    keys = list(dict.fromkeys(k for job in jobs for k in job))
-    same = [k for k in keys if len({job.get(k) for job in jobs}) == 1 and all(k in job for job in jobs)]
+    if jobs:
+        keys = list(dict.fromkeys(k for job in jobs for k in job))
+        same = [k for k in keys if len({job.get(k) for job in jobs}) == 1 and all(k in job for job in jobs)]
+    else:  # a search (Optuna): its trials vary what it searches; the command's plain values are shared
+        try:
+            same = [o.key_or_group for o in _parse(_task(args)[0]) if not o.is_sweep_override()]
+        except Exception:
+            return []
     excluded = [*OmegaConf.select(first, "hydra.job.config.override_dirname.exclude_keys", default=[]), *same]
     return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(map(rundir.hydra_quote, excluded))}]"]
 
@@ -98,9 +105,17 @@ def job_name(sweep_dir: str, num: int, override_dirname: str) -> str:
     if os.environ.get(RESUMED) == str(folder.absolute()):
         for d in folder.iterdir():
             m = JOB.match(d.name)
-            if m and int(m.group(1)) == int(num) and d.is_dir():
+            if m and int(m.group(1)) == int(num) and d.is_dir() and not d.is_symlink():
                 return d.name
     return f"{num}_{override_dirname[:120]}" if override_dirname else str(num)
+
+
+def hydra_subdir(sweep_dir: str, output_dir: str) -> str | None:
+    """Where Hydra records a job's config: nowhere for a job that ended before its sweep was resumed (kept as is)."""
+    if os.environ.get(RESUMED) == str(Path(sweep_dir).absolute()):
+        if rundir.read_summary(Path(output_dir)).get("status") in ENDED:
+            return None
+    return ".hydra"
 
 
 def resumed_job(cfg: DictConfig) -> dict[str, Any] | None:
@@ -117,42 +132,66 @@ def resumed_job(cfg: DictConfig) -> dict[str, Any] | None:
 
 @dataclass
 class Record:
-    """What a sweep folder says of its sweep: Hydra's multirun.yaml, read as data."""
+    """What a sweep folder says of its sweep: its task overrides and the launcher it ran with."""
 
     task: list[str]
     hydra: list[str]
 
 
-def read_record(folder: Path) -> Record:
-    """The task and Hydra overrides a sweep was started with, from its multirun.yaml (untrusted: plain YAML only)."""
+def write_record(folder: Path, args: list[str]) -> None:
+    """sweep.yaml: the sweep's overrides and launcher as launched, for `-m resume=` (written once, atomically)."""
     import yaml
 
-    path = folder / "multirun.yaml"
+    from convlab.core.io import write_atomic
+
+    task, hydra = _task(args)
+    launcher = [a for a in hydra if a.startswith(("hydra/launcher=", "hydra.launcher."))]
+    text = yaml.safe_dump({"task": task, "hydra": launcher}, sort_keys=False)
+    write_atomic(folder / RECORD, lambda tmp: Path(tmp).write_text(text))
+
+
+def _load(path: Path) -> Any:
+    """A YAML file read as plain data (untrusted: no tags, at most MAX_RECORD bytes, never through a link)."""
+    import yaml
+
+    if path.is_symlink() or path.stat().st_size > MAX_RECORD:
+        raise ValueError("a link, or too large to be a record")
+    with path.open("rb") as f:
+        return yaml.safe_load(f.read(MAX_RECORD))
+
+
+def read_record(folder: Path) -> Record:
+    """The task and launcher overrides a sweep was started with: its sweep.yaml, or Hydra's multirun.yaml."""
     if not folder.is_dir():
         raise ConvlabError(f"resume={folder}: no such sweep folder")
-    if not path.is_file() or path.is_symlink():
+    path = next((folder / name for name in (RECORD, "multirun.yaml") if (folder / name).is_file()), None)
+    if path is None:
         raise ConvlabError(
-            f"resume={folder} is not a sweep folder (it has no multirun.yaml); to continue one run, drop -m"
+            f"resume={folder} is not a sweep folder (it has no {RECORD} or multirun.yaml); to continue one run, drop -m"
         )
     try:
-        with path.open("rb") as f:
-            data = yaml.safe_load(f.read(MAX_RECORD + 1)[: MAX_RECORD + 1])
-        task, hydra = data["hydra"]["overrides"]["task"], data["hydra"]["overrides"]["hydra"]
+        data = _load(path)
+        if path.name != RECORD:
+            data = data["hydra"]["overrides"]
+        task, hydra = data["task"], data["hydra"]
+        assert all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in (task, hydra))
+        parsed = _parse(task)
     except Exception:
-        data = task = hydra = None
-    if not all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in (task, hydra)):
-        raise ConvlabError(f"{path} is not a sweep record Hydra wrote (its hydra.overrides are unreadable)")
-    return Record(task, hydra)
+        raise ConvlabError(f"{path} is not a sweep record convlab or Hydra wrote (unreadable overrides)") from None
+    for o, line in zip(parsed, task, strict=True):
+        if o.is_hydra_override() or o.key_or_group in ("resume", "rerun_failed"):
+            raise ConvlabError(f"{path} names {line!r}, which no sweep's record holds: it is not a sweep convlab ran")
+    return Record(task, [a for a in hydra if a.startswith(("hydra/launcher=", "hydra.launcher."))])
 
 
 def resume_args(args: list[str], folder: Path) -> list[str]:
     """The command that continues the sweep in `folder`: its own overrides, and what the command may set anew."""
     record = read_record(folder)
     task, hydra = _task(args)
-    try:
-        saved = {o.key_or_group: _value(o) for o in _parse(record.task)}
-    except Exception:
-        raise ConvlabError(f"{folder / 'multirun.yaml'}: its overrides are not ones Hydra reads") from None
+    saved = {o.key_or_group: _value(o) for o in _parse(record.task)}
+    given_dir = next((a.split("=", 1)[1] for a in hydra if a.startswith("hydra.sweep.dir=")), None)
+    if given_dir is not None and Path(given_dir.strip("'\"")).absolute() != folder:
+        raise ConfigError(f"resume={folder} continues that sweep in its own folder; drop hydra.sweep.dir={given_dir}")
     extra = []
     asked = {o.key_or_group: (o, line) for o, line in zip(_parse(task), task, strict=True)}  # the last one counts
     for o, line in asked.values():
@@ -165,11 +204,7 @@ def resume_args(args: list[str], folder: Path) -> list[str]:
                 f"{line}{was}: drop it to continue that sweep, or start a new sweep without resume="
             )
     given = {a.split("=", 1)[0] for a in hydra}
-    inherited = [
-        a
-        for a in record.hydra
-        if a.startswith(("hydra/launcher=", "hydra.launcher.")) and a.split("=", 1)[0] not in given
-    ]
+    inherited = [a for a in record.hydra if a.split("=", 1)[0] not in given]
     flags = [a for a in args if a.startswith("-")]
     return [*flags, *record.task, *extra, *inherited, *[a for a in hydra if not a.startswith("hydra.sweep.dir=")]]
 
@@ -185,8 +220,11 @@ def plan_resume(folder: Path, jobs: list[dict[str, str]] | None, rerun_failed: b
     found: dict[int, Path] = {}
     for d in sorted(folder.iterdir()):
         m = JOB.match(d.name)
-        if not (m and d.is_dir() and not d.is_symlink()):
+        if not (m and d.is_dir()):
             continue
+        if d.is_symlink():
+            raise ConvlabError(f"resume={folder}: {d.name} is a link, not a job folder; a sweep writes only inside")
+        rundir.check_links(d)  # Hydra and convlab would write through a linked train.log or .hydra/ file
         num = int(m.group(1))
         if num >= len(jobs) or num in found:
             raise ConvlabError(f"resume={folder}: {d.name} is not one of this sweep's {len(jobs)} jobs")
@@ -217,15 +255,11 @@ def plan_resume(folder: Path, jobs: list[dict[str, str]] | None, rerun_failed: b
 
 def _saved_overrides(job: Path) -> dict[str, str] | None:
     """A job folder's .hydra/overrides.yaml as {key: value}; None when it has none (it never started)."""
-    import yaml
-
     path = job / ".hydra" / "overrides.yaml"
-    if not path.is_file() or path.is_symlink():
+    if not path.is_file():
         return None
     try:
-        with path.open("rb") as f:
-            lines = yaml.safe_load(f.read(MAX_RECORD))
-        return {o.key_or_group: _value(o) for o in _parse(lines)}
+        return {o.key_or_group: _value(o) for o in _parse(_load(path))}
     except Exception:
         raise ConvlabError(f"{path} is not a job's override list Hydra wrote") from None
 
