@@ -242,12 +242,13 @@ def test_resuming_a_finished_sweep_rewrites_nothing(small_sweep: Path) -> None:
     assert sorted(p.name for p in small_sweep.iterdir() if p.is_dir()) == ["0_optim.lr=0.01", "1_optim.lr=0.05"]
 
 
-@pytest.mark.slow  # 40 s: a joblib launcher's workers start fresh interpreters
-def test_a_sweep_interrupted_under_one_launcher_resumes_under_the_parallel_one(tmp_path: Path) -> None:
+@pytest.mark.slow  # 20 s each: the launchers' workers start fresh interpreters
+@pytest.mark.parametrize("launcher", ["parallel", "submitit_local"])
+def test_a_sweep_interrupted_under_one_launcher_resumes_under_another(launcher: str, tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         _interrupt_job(mp, 1, 2)
         assert _main(mp, "train", "-m", *TINY, "optim.lr=0.01,0.05,0.2", f"hydra.sweep.dir={tmp_path}") == 130
-    proc = run_cli("train", "-m", f"resume={tmp_path}", "hydra/launcher=parallel")
+    proc = run_cli("train", "-m", f"resume={tmp_path}", f"hydra/launcher={launcher}")
     assert proc.returncode == 0, proc.stderr
     assert "1 jobs ended (kept), 1 continue from their last checkpoint, 1 run" in proc.stderr
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
@@ -255,16 +256,3 @@ def test_a_sweep_interrupted_under_one_launcher_resumes_under_the_parallel_one(t
         (lr, "ok", "2") for lr in ("0.01", "0.05", "0.2")
     ]
     assert "resuming" in (tmp_path / "1_optim.lr=0.05" / "train.log").read_text()
-
-
-@pytest.mark.slow  # 40 s: submitit starts a process per job
-def test_a_sweep_resumes_under_submitit_local(tmp_path: Path) -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        _interrupt_job(mp, 0, 2)
-        assert _main(mp, "train", "-m", *TINY, "optim.lr=0.01,0.05", f"hydra.sweep.dir={tmp_path}") == 130
-    proc = run_cli("train", "-m", f"resume={tmp_path}", "hydra/launcher=submitit_local")
-    assert proc.returncode == 0, proc.stderr
-    assert "0 jobs ended (kept), 1 continue from their last checkpoint, 1 run" in proc.stderr
-    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert [(r["optim.lr"], r["status"], r["epochs"]) for r in rows] == [("0.01", "ok", "2"), ("0.05", "ok", "2")]
-    assert "resuming" in (tmp_path / "0_optim.lr=0.01" / "train.log").read_text()

@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> None:
         while PREPARED:
             PREPARED.pop().release()
         os.environ.pop("CONVLAB_RESUMED_SWEEP", None)  # sweeps.RESUMED: this command's sweep only
+    if "WORLD_SIZE" in os.environ:  # one of several training processes: all end together
+        from convlab.run.distributed import leave
+
+        leave()
     if last_sweep["failed"]:
         sys.exit(1)  # the sweep ran to its end, but not every job succeeded
 

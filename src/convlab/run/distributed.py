@@ -112,6 +112,17 @@ def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return values
 
 
+def leave() -> None:
+    """Wait for every rank (rank 0 tests alone, after the others are done), then close the process group.
+
+    A rank that exits with its group open can abort in gloo's threads ("terminate called without an
+    active exception"), and torchrun then stops rank 0 mid-test with SIGTERM.
+    """
+    if dist.is_initialized():
+        gather(None)  # a barrier through the same object path the run already uses, on any backend
+        dist.destroy_process_group()
+
+
 def gather(obj: object) -> list:
     """Every rank's `obj`, in rank order (a list of one in a single process)."""
     if not dist.is_initialized():
