@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from convlab.app import __version__
 from convlab.app.commands import COMMANDS, PREPARED, TYPED, user_errors
 from convlab.core.errors import ConfigError, ConvlabError, Terminated
+from convlab.run import sweeps
 from convlab.run.compose import preflight
 
 # user_errors and the subcommands live in convlab.app.commands; they stay importable from here.
@@ -71,12 +72,10 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
         return _resume_sweep(args, Path(_value(args, "resume", None)).absolute()), None
     if first is None:  # --cfg, --help and friends write no run
         return args, None
-    if _value(args, "rerun_failed", "False") == "True":
+    if _rerun_failed(args):
         raise ConfigError("rerun_failed=true is for a sweep continued: convlab train -m resume=DIR rerun_failed=true")
     multirun = "-m" in args or "--multirun" in args or first.hydra.mode == RunMode.MULTIRUN
     if multirun:
-        from convlab.run import sweeps
-
         folder = Path(_value(args, "hydra.sweep.dir", None) or OmegaConf.select(first, "hydra.sweep.dir"))
         CLAIMS.append(rundir.claim(folder, explicit=_value(args, "hydra.sweep.dir", None) is not None, sweep=True))
         sweeps.write_record(CLAIMS[-1].folder, args)  # what `-m resume=` continues, whatever Hydra rewrites later
@@ -106,6 +105,11 @@ def _claim_folders(args: list[str], first: DictConfig | None) -> tuple[list[str]
     ], None
 
 
+def _rerun_failed(args: list[str]) -> bool:
+    """Whether the command says rerun_failed=true."""
+    return _value(args, "rerun_failed", "False") == "True"
+
+
 def _resuming_sweep(args: list[str]) -> bool:
     """`convlab train -m resume=SWEEP_DIR [...]`: checked against the sweep's own config, not the default one."""
     flags = [a for a in args if a.startswith("-")]
@@ -114,14 +118,14 @@ def _resuming_sweep(args: list[str]) -> bool:
 
 def _resume_sweep(args: list[str], folder: Path) -> list[str]:
     """`convlab train -m resume=SWEEP_DIR`: the sweep recomposed from its folder, checked, locked; Hydra's args."""
-    from convlab.run import rundir, sweeps
+    from convlab.run import rundir
 
     args = sweeps.resume_args(args, folder)
     first = preflight("train", args)  # the folder's overrides are checked like typed ones
     rundir.check_links(folder)
     rundir.lock(folder)  # one process continues a sweep at a time
     CLAIMS.append(rundir.Claim(folder, created=False, before={p.name for p in folder.iterdir()}))
-    plan = sweeps.plan_resume(folder, sweeps.jobs_of(args, first), _value(args, "rerun_failed", "False") == "True")
+    plan = sweeps.plan_resume(folder, sweeps.jobs_of(args, first), _rerun_failed(args))
     print(
         f"resuming sweep {folder}: {len(plan['kept'])} jobs ended (kept), {len(plan['continued'])} continue "
         f"from their last checkpoint, {len(plan['run'])} run",
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             CLAIMS.pop().release()
         while PREPARED:
             PREPARED.pop().release()
-        os.environ.pop("CONVLAB_RESUMED_SWEEP", None)  # sweeps.RESUMED: this command's sweep only
+        os.environ.pop(sweeps.RESUMED, None)  # this command's sweep only
     if "WORLD_SIZE" in os.environ:  # one of several training processes: all end together
         from convlab.run.distributed import leave
 

@@ -24,12 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from convlab.core.errors import ConvlabError, Terminated
 from convlab.core.io import write_atomic
 from convlab.run import sweeps
-from convlab.run.sweeps import hydra_subdir, job_name
 
 log = logging.getLogger("convlab")
 # Sweep job folders: number and differing overrides, cut to stay valid names (conf/train.yaml, run/sweeps.py).
-OmegaConf.register_new_resolver("convlab_job", job_name, replace=True)
-OmegaConf.register_new_resolver("convlab_hydra_subdir", hydra_subdir, replace=True)
+OmegaConf.register_new_resolver("convlab_job", sweeps.job_name, replace=True)
+OmegaConf.register_new_resolver("convlab_hydra_subdir", sweeps.hydra_subdir, replace=True)
 CONF = "pkg://convlab.conf"
 
 PREPARED: list = []  # the run this process prepared before Hydra started (released likewise at exit)
@@ -132,7 +131,7 @@ def train_main(cfg: DictConfig) -> float | None:
         if not _in_sweep():
             return train(PREPARED[-1] if PREPARED else cfg, _job_command())["best"]["value"]
         hc = HydraConfig.get()  # a sweep's jobs are prepared one by one, each from its composed config
-        if os.environ.get(sweeps.RESUMED) == str(Path(hc.sweep.dir).absolute()):
+        if sweeps.resumed(hc.sweep.dir):
             ended = sweeps.resumed_job(cfg)
             if ended is not None:
                 log.info("job %d ended before (%s): kept as it is", hc.job.num, ended.get("status"))

@@ -7,8 +7,6 @@ others are named as left out. Settings are compared with a stated rule of thumb,
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from itertools import combinations
 from typing import Any
 
 from convlab.app.runs import RunRecord, differing_keys
-from convlab.app.tables import md_code, md_text, metric_columns, to_markdown
+from convlab.app.tables import md_code, md_text, metric_columns, to_csv, to_markdown
 
 SEED = "seed"
 SPREAD = 2  # two settings differ by more than their seed spread when |Δ mean| > SPREAD · the larger std
@@ -135,11 +133,7 @@ def seed_csv(groups: list[SeedGroup], runs: list[RunRecord]) -> str:
             parts = zip(("mean", "std", "min", "max"), numbers, strict=True)
             row |= {f"{header} {part}": "" if v is None else v for part, v in parts}
         rows.append(row)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+    return to_csv(rows)
 
 
 def main_metric(groups: list[SeedGroup], runs: list[RunRecord]) -> tuple[str, Callable[[RunRecord], Any], int]:

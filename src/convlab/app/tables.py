@@ -92,11 +92,11 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def to_csv(rows: list[dict[str, str]]) -> str:
+def to_csv(rows: list[dict[str, Any]]) -> str:
     """The same rows as CSV, numbers without thousands separators so spreadsheets read them."""
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
-        w.writerows([row | {k: row[k].replace(",", "") for k in ("parameters", "MACs")} for row in rows])
+        w.writerows([row | {k: row[k].replace(",", "") for k in ("parameters", "MACs") if k in row} for row in rows])
     return buf.getvalue()

@@ -185,25 +185,30 @@ class CIFAR10(ImageDataset):
         """Ten classes of 3×32×32 images: known without the files."""
         return DataInfo(len(self.class_names), 3, IMAGE_SIZE, self.class_names, self.mean, self.std)
 
+    def _local(self) -> Path | None:
+        """The batches folder already on disk: data.root itself or data.root/cifar-10-batches-py; None if neither."""
+        if self.root.name == FOLDER and self.root.is_dir():
+            return self.root
+        return self.root / FOLDER if (self.root / FOLDER).is_dir() else None
+
     def absent(self) -> str | None:
         """Why folder() would have to download the batches ("no folder ROOT/cifar-10-batches-py"); None if not."""
-        if self.root.exists() and not self.root.is_dir():
+        if self._local() or (self.root.exists() and not self.root.is_dir()):
             return None  # a file at data.root is a mistake, not absent data: folder() names it
-        present = self.root.name == FOLDER and self.root.is_dir() or (self.root / FOLDER).is_dir()
-        return None if present else f"no folder {(self.root / FOLDER).absolute()}"
+        return f"no folder {(self.root / FOLDER).absolute()}"
 
     def folder(self) -> Path:
         """The batches folder; an existing local folder is used as is, without md5 checks."""
-        if self.root.name == FOLDER and self.root.is_dir():
-            return self.root
+        local = self._local()
+        if local is not None:
+            return local
         if self.root.exists() and not self.root.is_dir():
             raise ConvlabError(
                 f"CIFAR-10: data.root {self.root} is a file; "
                 f"point data.root at a folder that holds {FOLDER}/ or use data=synthetic"
             )
         folder = self.root / FOLDER
-        if not folder.is_dir():
-            self._fetch(folder)
+        self._fetch(folder)
         return folder
 
     def _fetch(self, folder: Path) -> None:

@@ -99,10 +99,15 @@ def swept_values(task_overrides: list[str], excluded: list[str], cfg: DictConfig
     return out
 
 
+def resumed(sweep_dir: str | Path) -> bool:
+    """Whether this process, or the one that launched it, is continuing the sweep in `sweep_dir`."""
+    return os.environ.get(RESUMED) == str(Path(sweep_dir).absolute())
+
+
 def job_name(sweep_dir: str, num: int, override_dirname: str) -> str:
     """A job's folder: the one already holding job `num` (a resumed sweep), else `num_overrides` (or `num`)."""
     folder = Path(sweep_dir)
-    if os.environ.get(RESUMED) == str(folder.absolute()):
+    if resumed(folder):
         for d in folder.iterdir():
             m = JOB.match(d.name)
             if m and int(m.group(1)) == int(num) and d.is_dir() and not d.is_symlink():
@@ -112,9 +117,8 @@ def job_name(sweep_dir: str, num: int, override_dirname: str) -> str:
 
 def hydra_subdir(sweep_dir: str, output_dir: str) -> str | None:
     """Where Hydra records a job's config: nowhere for a job that ended before its sweep was resumed (kept as is)."""
-    if os.environ.get(RESUMED) == str(Path(sweep_dir).absolute()):
-        if rundir.read_summary(Path(output_dir)).get("status") in ENDED:
-            return None
+    if resumed(sweep_dir) and rundir.read_summary(Path(output_dir)).get("status") in ENDED:
+        return None
     return ".hydra"
 
 
